@@ -1,0 +1,225 @@
+"""The `homehub` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway import __version__
+from gateway.config import DEFAULT_CONFIG_PATH, EX_CONFIG, HubConfig, config_model, load_config
+from gateway.drivers.registry import DriverRegistry
+from gateway.errors import ConfigError, GatewayError
+from gateway.logsetup import setup_logging
+from gateway.schemas import load_schema
+
+log = logging.getLogger("gateway.cli")
+
+EX_OK = 0
+EX_FAIL = 1
+EX_USAGE = 64
+
+
+def _config_or_exit(path: Path, registry: DriverRegistry) -> HubConfig:
+    try:
+        return load_config(path, registry)
+    except ConfigError as exc:
+        print(f"homehub: invalid configuration ({len(exc.problems)} problem(s)):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        raise SystemExit(EX_CONFIG) from None
+
+
+# -- run -----------------------------------------------------------------------------
+
+
+async def _run_hub(config: HubConfig, registry: DriverRegistry) -> None:
+    from gateway.daemon import Hub
+
+    hub = Hub(config, registry)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, hub.stop)
+    await hub.run()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    registry = DriverRegistry.from_entry_points()
+    config = _config_or_exit(args.config, registry)  # exits 78 before touching anything
+    try:
+        asyncio.run(_run_hub(config, registry))
+    except GatewayError as exc:
+        log.critical("homehub cannot run: %s", exc)
+        return EX_FAIL
+    return EX_OK
+
+
+# -- check-config --------------------------------------------------------------------
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    registry = DriverRegistry.from_entry_points()
+    config = _config_or_exit(args.path, registry)
+    print(
+        f"{args.path}: valid (gateway {config.gateway.id}, {len(config.devices)} device(s), "
+        f"broker {config.mqtt.host}:{config.mqtt.port}{' with TLS' if config.mqtt.tls else ''})"
+    )
+    return EX_OK
+
+
+# -- status --------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from gateway.status import iso_utc
+    from gateway.store import SqliteOutbox
+
+    registry = DriverRegistry.from_entry_points()
+    config = _config_or_exit(args.config, registry)
+    path = config.store_path
+    if not path.exists():
+        print(f"homehub: no store at {path} yet (has the hub ever run?)", file=sys.stderr)
+        return EX_FAIL
+    outbox = SqliteOutbox(path, read_only=True)
+    try:
+        stats = outbox.stats()
+    finally:
+        outbox.close()
+    now = time.time()
+    oldest_age = None if stats.oldest_unsent_at is None else round(now - stats.oldest_unsent_at, 1)
+    devices = {
+        device.id: {"driver": device.driver, "last_reading_at": iso_utc(stats.devices.get(device.id))}
+        for device in config.devices
+    }
+    if args.json:
+        doc = {
+            "gateway": config.gateway.id,
+            "store": str(path),
+            "unsent": stats.unsent,
+            "oldest_unsent_age_s": oldest_age,
+            "last_delivery_at": iso_utc(stats.last_delivery_at),
+            "dropped": stats.dropped,
+            "stored": stats.total,
+            "devices": devices,
+        }
+        print(json.dumps(doc, indent=2))
+        return EX_OK
+    print(f"gateway        {config.gateway.id}")
+    print(f"store          {path} ({stats.total} readings)")
+    print(f"unsent         {stats.unsent}")
+    print(f"oldest unsent  {'-' if oldest_age is None else f'{oldest_age:.0f} s ago'}")
+    print(f"last delivery  {iso_utc(stats.last_delivery_at) or 'never'}")
+    if stats.dropped:
+        print(f"DROPPED        {stats.dropped} readings (store bound reached)")
+    for device_id, info in devices.items():
+        print(f"device {device_id:<12} {info['driver']:<24} last reading {info['last_reading_at'] or 'never'}")
+    return EX_OK
+
+
+# -- listen --------------------------------------------------------------------------
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    from gateway.listen import ListenOptions, listen
+
+    options = ListenOptions(
+        host=args.host,
+        port=args.port,
+        prefix=args.prefix,
+        as_json=args.json,
+        count=args.count,
+        timeout_s=args.timeout,
+        session=args.session,
+    )
+    if args.config is not None:
+        config = _config_or_exit(args.config, DriverRegistry.from_entry_points())
+        m = config.mqtt
+        options.host, options.port, options.prefix = m.host, m.port, m.topic_prefix
+        options.ca_file = str(m.ca_file) if m.ca_file else None
+        options.cert_file = str(m.cert_file) if m.cert_file else None
+        options.key_file = str(m.key_file) if m.key_file else None
+    return listen(options)
+
+
+# -- schema --------------------------------------------------------------------------
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    if args.which == "config":
+        schema = config_model(DriverRegistry.from_entry_points()).model_json_schema()
+    else:
+        schema = load_schema(f"{args.which}-1")
+    print(json.dumps(schema, indent=2))
+    return EX_OK
+
+
+# -- demo ----------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.sim.demo import run_demo
+
+    return run_demo(args.config, seconds=args.seconds)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="homehub", description="Home hub for digital home follow-up."
+    )
+    parser.add_argument("--version", action="version", version=f"homehub {__version__}")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the hub")
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check-config", help="validate a config file; exit 78 if invalid")
+    p.add_argument("path", type=Path, nargs="?", default=DEFAULT_CONFIG_PATH)
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("status", help="what the store holds (safe while the hub runs)")
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("listen", help="reference backend: print readings from the broker")
+    p.add_argument("--config", type=Path, help="take broker, prefix and TLS from this config")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=1883)
+    p.add_argument("--prefix", default="homehub")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--count", type=int, default=0, help="exit after N unique readings")
+    p.add_argument("--timeout", type=float, default=0.0, help="exit 1 after S seconds")
+    p.add_argument("--session", help="persistent session with this client id")
+    p.set_defaults(func=cmd_listen)
+
+    p = sub.add_parser("schema", help="print a JSON Schema")
+    p.add_argument("which", choices=["config", "reading", "status"])
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("demo", help="private broker + simulated devices + listener")
+    p.add_argument("--config", type=Path, help="default: the packaged demo config")
+    p.add_argument("--seconds", type=float, default=0.0, help="stop after S seconds (0 = Ctrl-C)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Configuration: the installer contract of ARCHITECTURE.md, loaded from TOML.
+
+Unknown keys are errors (an installer's typo must never be silently ignored).
+Every problem is collected and reported at once, each naming its field
+(`devices[1].interval_s: ...`); the CLI exits 78 (EX_CONFIG) on any of them.
+Each driver validates its own keys: the `[[devices]]` tables are a union
+discriminated by `driver`, built from the registered drivers' option models.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    ValidationError,
+    create_model,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
+
+from gateway.drivers.base import ID_PATTERN, DriverOptions
+from gateway.drivers.registry import DriverRegistry
+from gateway.errors import ConfigError
+
+EX_CONFIG = 78  # sysexits.h: configuration error
+DEFAULT_CONFIG_PATH = Path("/etc/homehub/homehub.toml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewaySection(_Section):
+    id: str = Field(pattern=ID_PATTERN, description="Hub id, used in MQTT topics.")
+    state_dir: Path = Field(
+        default=Path("/var/lib/homehub"), description="Where the reading store lives."
+    )
+
+
+class MqttSection(_Section):
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=1883, ge=1, le=65535)
+    topic_prefix: str = Field(
+        default="homehub",
+        # MQTT 5 §4.7: '+' and '#' are wildcards and may not appear in a topic name.
+        pattern=r"^[^#+/\x00]+(/[^#+/\x00]+)*$",
+        description="First topic level(s); no wildcards, no leading or trailing '/'.",
+    )
+    client_id: str | None = Field(
+        default=None, min_length=1, max_length=128, description="Default: homehub-{gateway.id}."
+    )
+    keepalive_s: int = Field(default=30, ge=1, le=65535)
+    max_inflight: int = Field(
+        default=20, ge=1, le=65535, description="Unacknowledged QoS 1 publishes at most."
+    )
+    status_interval_s: float = Field(default=60.0, ge=1.0, le=86400.0)
+    reconnect_min_s: float = Field(default=1.0, gt=0, le=3600)
+    reconnect_max_s: float = Field(default=60.0, gt=0, le=3600)
+    connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    username: str | None = None
+    password_file: FilePath | None = None
+    ca_file: FilePath | None = None
+    cert_file: FilePath | None = None
+    key_file: FilePath | None = None
+
+    @model_validator(mode="after")
+    def _check_pairs(self) -> MqttSection:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: give both or neither")
+        if self.cert_file is not None and self.ca_file is None:
+            raise ValueError("a client certificate needs TLS: give ca_file too")
+        if self.password_file is not None and self.username is None:
+            raise ValueError("password_file needs username")
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.ca_file is not None
+
+
+class StoreSection(_Section):
+    synchronous: Literal["full", "normal"] = Field(
+        default="full",
+        description="'full' fsyncs every commit; 'normal' may lose the last commits on power "
+        "loss and is only for SD cards where write wear matters more.",
+    )
+    checkpoint_interval_s: float = Field(default=60.0, ge=1.0, le=3600.0)
+    retention_hours: float = Field(
+        default=24.0, ge=0.0, le=24.0 * 365, description="Keep delivered readings this long."
+    )
+    max_readings: int = Field(
+        default=500_000, ge=100, description="Bound on stored readings; oldest go first."
+    )
+    purge_interval_s: float = Field(default=300.0, ge=1.0, le=86400.0)
+
+
+class HubConfig(_Section):
+    """The whole file. `devices` is replaced by a driver-discriminated union at load time."""
+
+    gateway: GatewaySection
+    mqtt: MqttSection = MqttSection()
+    store: StoreSection = StoreSection()
+    devices: list[DriverOptions] = Field(default_factory=list)
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"homehub-{self.gateway.id}"
+
+    @property
+    def store_path(self) -> Path:
+        return self.gateway.state_dir / "readings.sqlite3"
+
+    @model_validator(mode="after")
+    def _unique_device_ids(self) -> HubConfig:
+        seen: dict[str, int] = {}
+        problems = []
+        for index, device in enumerate(self.devices):
+            if device.id in seen:
+                problems.append(
+                    f"devices[{index}].id: duplicate id {device.id!r} "
+                    f"(also devices[{seen[device.id]}])"
+                )
+            seen.setdefault(device.id, index)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def config_model(registry: DriverRegistry) -> type[HubConfig]:
+    """HubConfig whose `devices` items are validated by each driver's own Options model."""
+    variants: list[Any] = []
+    for name, driver in registry.items():
+        variants.append(
+            create_model(
+                f"Device[{name}]",
+                __base__=driver.Options,
+                driver=(Literal[name], Field(description="Driver name.")),
+            )
+        )
+    if not variants:
+        return HubConfig
+    item: Any = (
+        variants[0]
+        if len(variants) == 1
+        else Annotated[Union[tuple(variants)], Field(discriminator="driver")]  # noqa: UP007
+    )
+    return create_model(
+        "HubConfig",
+        __base__=HubConfig,
+        devices=(list[item], Field(default_factory=list)),
+    )
+
+
+def _field_path(loc: Sequence[int | str], driver_names: set[str]) -> str:
+    parts: list[str] = []
+    for i, part in enumerate(loc):
+        # A discriminated union adds the tag ("simulated") to the location; it is
+        # not a field the installer wrote, so leave it out of the path.
+        if i == 2 and loc[0] == "devices" and str(part) in driver_names:
+            continue
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        else:
+            parts.append(("." if parts else "") + str(part))
+    return "".join(parts) or "(file)"
+
+
+def _message(error: ErrorDetails, registry: DriverRegistry) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key (not an option here; check the spelling)"
+    if kind == "missing":
+        return "required, but missing"
+    if kind in ("union_tag_invalid", "union_tag_not_found", "literal_error"):
+        given = error.get("input")
+        if isinstance(given, dict):
+            given = given.get("driver")
+        known = ", ".join(registry.names()) or "none installed"
+        reason = registry.broken.get(str(given))
+        if reason:
+            return f"driver {given!r} is installed but failed to load: {reason}"
+        if given is None:
+            return f"required, but missing (one of: {known})"
+        return f"unknown driver {given!r} (known: {known})"
+    if kind == "path_not_file":
+        return f"file not found or not a regular file: {error.get('input')}"
+    if kind == "value_error":
+        # pydantic prefixes our own ValueError messages with "Value error, ".
+        return error["msg"].removeprefix("Value error, ")
+    return error["msg"]
+
+
+def validate_config(data: dict[str, Any], registry: DriverRegistry) -> HubConfig:
+    """Validate parsed TOML; raise ConfigError listing every problem."""
+    model = config_model(registry)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        names = set(registry.names())
+        problems = []
+        for error in exc.errors():
+            loc = error["loc"]
+            if error["type"] == "value_error" and str(error["msg"]).find("devices[") >= 0:
+                # Our duplicate-id check names its own fields.
+                problems.extend(p for p in _message(error, registry).split("; "))
+                continue
+            if loc and loc[-1] == "driver" and error["type"] == "union_tag_invalid":
+                loc = loc[:-1]
+            path = _field_path(loc, names)
+            if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+                path = _field_path((*loc, "driver"), names)
+            problems.append(f"{path}: {_message(error, registry)}")
+        raise ConfigError(problems) from None
+
+
+def load_config(path: Path, registry: DriverRegistry) -> HubConfig:
+    """Read and validate the TOML file at `path`; raise ConfigError on any problem."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: config file not found"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read config file: {exc.strerror}"]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from None
+    return validate_config(data, registry)

@@ -1,0 +1,1 @@
+"""Device drivers: the Driver interface, its registry, and the built-in drivers."""

@@ -1,0 +1,71 @@
+"""The Driver interface every device plug-in implements.
+
+A driver owns one device: connecting, the protocol, decoding, the device's clock.
+It hands each `Reading` to `DriverContext.emit`, which returns only once the
+reading is committed to disk, so a driver acknowledges to its device (moves a
+record cursor on, ...) only what is already safe.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.clock import Clock
+from gateway.reading import Reading
+
+#: Device and gateway ids end up in MQTT topics: keep them to topic-safe characters.
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class DriverOptions(BaseModel):
+    """Keys every `[[devices]]` table has. Drivers subclass this with their own keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=ID_PATTERN, description="Device id, unique in this hub; used in topics.")
+    driver: str = Field(description="Driver name from the homehub.drivers entry-point group.")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReading:
+    """What `emit` returns: the reading's stable id and its place in the store."""
+
+    id: str
+    seq: int
+    duplicate: bool  # the same record (same source_key) was already stored
+
+
+@dataclass(slots=True)
+class DriverContext:
+    """Everything a driver may use from the hub; passed in, never global."""
+
+    device_id: str
+    clock: Clock
+    logger: logging.Logger
+    emit: Callable[[Reading], Awaitable[StoredReading]]
+
+
+class Driver(abc.ABC):
+    """Base class of device drivers, registered under the `homehub.drivers` entry points."""
+
+    #: pydantic model validating this driver's `[[devices]]` keys.
+    Options: ClassVar[type[DriverOptions]] = DriverOptions
+
+    def __init__(self, options: DriverOptions, context: DriverContext) -> None:
+        self.options = options
+        self.context = context
+
+    @abc.abstractmethod
+    async def run(self) -> None:
+        """Read the device until cancelled.
+
+        Return normally when the driver has nothing more to do (e.g. a finite
+        simulation). Raise on failure: the daemon logs it, reports it in the
+        status and restarts the driver with backoff.
+        """

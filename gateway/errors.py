@@ -1,0 +1,37 @@
+"""The exception hierarchy: everything homehub raises on purpose is a GatewayError."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class GatewayError(Exception):
+    """Root of every error homehub raises deliberately."""
+
+
+class ConfigError(GatewayError):
+    """The configuration is invalid; carries every problem found, each naming its field."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class StoreError(GatewayError):
+    """The durable store could not do what was asked."""
+
+
+class StoreFullError(StoreError):
+    """The disk (or the configured page limit) is full: the reading was NOT stored."""
+
+
+class DriverError(GatewayError):
+    """A driver failed; the supervisor restarts it with backoff."""
+
+
+class DecodeError(GatewayError):
+    """Device bytes could not be decoded; never turned into a number."""
+
+
+class UplinkError(GatewayError):
+    """The MQTT uplink could not connect or lost its connection."""

@@ -1,0 +1,104 @@
+"""Events from the daemon's parts to whoever listens (the panel, the status, tests).
+
+Events are published on the event loop's thread and delivered synchronously to
+subscribers, which must not block. The panel knows only these events, nothing of
+drivers (issue 5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Base of all events."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingStored(Event):
+    device_id: str
+    reading_id: str
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingDelivered(Event):
+    """The broker acknowledged the reading with a success PUBACK."""
+
+    device_id: str
+    reading_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PublishRefused(Event):
+    device_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkUp(Event):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkDown(Event):
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceFailing(Event):
+    device_id: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecovered(Event):
+    device_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingsDropped(Event):
+    """The store reached its bound and discarded its oldest unsent readings."""
+
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class DiskFull(Event):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class DiskOk(Event):
+    pass
+
+
+Subscriber = Callable[[Event], None]
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._subscribers: list[Subscriber] = []
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        """Add a subscriber; returns a function that removes it."""
+        self._subscribers.append(subscriber)
+        return lambda: self._subscribers.remove(subscriber)
+
+    def publish(self, event: Event) -> None:
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber(event)
+            except Exception:  # one broken listener must not stop the data path
+                log.exception("event subscriber failed on %s", type(event).__name__)
+
+    def queue(self) -> tuple[asyncio.Queue[Event], Callable[[], None]]:
+        """An unbounded queue receiving every event from now on (tests, status)."""
+        q: asyncio.Queue[Event] = asyncio.Queue()
+        return q, self.subscribe(q.put_nowait)

@@ -1,0 +1,1 @@
+"""Virtual parts for the demo, the tests and anyone trying homehub without hardware."""

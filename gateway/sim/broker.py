@@ -1,0 +1,134 @@
+"""A private mosquitto on a free loopback port, for the demo and the tests.
+
+It is the real broker (Debian's `mosquitto`), not a fake: the demo and the
+tests see exactly what a hub in a home sees, minus the Internet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.errors import GatewayError
+
+_SEARCH_PATH = os.pathsep.join(
+    [os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/sbin"]
+)
+
+
+def find_mosquitto() -> str:
+    found = shutil.which("mosquitto", path=_SEARCH_PATH)
+    if found is None:
+        raise GatewayError(
+            "mosquitto is not installed: run 'make install-deps' (or apt-get install mosquitto)"
+        )
+    return found
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class MosquittoBroker:
+    """Start, kill, restart one mosquitto bound to 127.0.0.1 only."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    acl: str | None = None  # mosquitto acl_file text; None = everything allowed
+    persistent: bool = False  # save sessions and queued messages on every change
+    process: subprocess.Popen[bytes] | None = None
+    log_lines: list[str] = field(default_factory=list)
+
+    def _write_config(self) -> Path:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous true",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            "max_queued_messages 100000",
+        ]
+        if self.acl is not None:
+            acl_path = self.workdir / "acl"
+            acl_path.write_text(self.acl)
+            lines.append(f"acl_file {acl_path}")
+        if self.persistent:
+            lines += [
+                "persistence true",
+                f"persistence_location {self.workdir}/",
+                # Save after every change: a broker SIGKILLed in a test must not
+                # forget the backend's session or the messages queued for it.
+                "autosave_on_changes true",
+                "autosave_interval 1",
+            ]
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        return conf
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        conf = self._write_config()
+        self.process = subprocess.Popen(
+            [find_mosquitto(), "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        running = threading.Event()
+        process = self.process
+
+        def read_log() -> None:
+            assert process.stderr is not None
+            for raw in process.stderr:
+                line = raw.decode(errors="replace").rstrip()
+                self.log_lines.append(line)
+                if " running" in line:
+                    running.set()
+            running.set()  # the broker exited: stop waiting
+
+        threading.Thread(target=read_log, daemon=True, name="mosquitto-log").start()
+        if not running.wait(timeout_s) or process.poll() is not None:
+            self.stop()
+            raise GatewayError(
+                f"mosquitto did not start on 127.0.0.1:{self.port}: "
+                + " | ".join(self.log_lines[-5:])
+            )
+
+    def kill(self) -> None:
+        """SIGKILL: the broker vanishes without a goodbye, as on a power cut."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def __enter__(self) -> MosquittoBroker:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        with contextlib.suppress(Exception):
+            self.stop()

@@ -1,0 +1,73 @@
+"""The hub's status: what `homehub.status/1` reports and `homehub status` prints."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from gateway import __version__
+from gateway.store import StoreStats
+from gateway.uplink.payload import STATUS_SCHEMA
+
+DeviceState = Literal["starting", "ok", "failing", "stopped"]
+
+
+def iso_utc(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class DeviceStatus:
+    driver: str
+    state: DeviceState = "starting"
+    restarts: int = 0
+    last_error: str | None = None
+
+
+@dataclass(slots=True)
+class StatusTracker:
+    """Live state the daemon's parts update; combined with store stats on demand."""
+
+    gateway_id: str
+    started_at: float = field(default_factory=time.time)
+    started_monotonic: float = field(default_factory=time.monotonic)
+    devices: dict[str, DeviceStatus] = field(default_factory=dict)
+    uplink_connected: bool = False
+    disk_full: bool = False
+    store_full: bool = False
+
+    def document(self, stats: StoreStats, *, now: float | None = None) -> dict[str, Any]:
+        """The `homehub.status/1` document (online)."""
+        now = time.time() if now is None else now
+        oldest = stats.oldest_unsent_at
+        return {
+            "schema": STATUS_SCHEMA,
+            "gateway": self.gateway_id,
+            "state": "online",
+            "version": __version__,
+            "published_at": iso_utc(now),
+            "started_at": iso_utc(self.started_at),
+            "uptime_s": round(time.monotonic() - self.started_monotonic, 1),
+            "unsent": stats.unsent,
+            "oldest_unsent_age_s": None if oldest is None else round(max(0.0, now - oldest), 1),
+            "last_delivery_at": iso_utc(stats.last_delivery_at),
+            "store": {
+                "dropped": stats.dropped,
+                "full": self.store_full,
+                "disk_full": self.disk_full,
+            },
+            "devices": {
+                device_id: {
+                    "driver": device.driver,
+                    "state": device.state,
+                    "last_reading_at": iso_utc(stats.devices.get(device_id)),
+                    "restarts": device.restarts,
+                    "last_error": device.last_error,
+                }
+                for device_id, device in sorted(self.devices.items())
+            },
+        }

@@ -1,0 +1,470 @@
+"""The durable reading store: an SQLite outbox on the SD card.
+
+Contract (ARCHITECTURE.md, data path step 2): `Store.add` returns only after the
+reading is committed, so a driver acknowledges to its device only what is on
+disk. The uplink reads unsent readings in `seq` order and marks them delivered
+only after a successful PUBACK. "In flight" is deliberately a memory-only state:
+after a crash or restart every reading not yet marked delivered is simply
+unsent again, and is resent under the same id.
+
+Blocking SQLite calls run on one dedicated thread (the connection is confined
+to it); the asyncio side batches concurrent adds into one transaction (group
+commit), so many drivers cost one fsync, not one each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from gateway.drivers.base import StoredReading
+from gateway.errors import StoreError, StoreFullError
+from gateway.reading import Reading, reading_id
+from gateway.uplink.payload import encode_reading
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+SQLITE_FULL = 13
+_SYNC_LEVEL = {"full": 2, "normal": 1}
+_DELETE_BATCH = 500
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS readings (
+    -- AUTOINCREMENT: a seq is never reused after deletes, so ordering holds forever.
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    device_id TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    received_at REAL NOT NULL,
+    delivered_at REAL
+);
+CREATE INDEX IF NOT EXISTS readings_unsent ON readings(seq) WHERE delivered_at IS NULL;
+CREATE INDEX IF NOT EXISTS readings_delivered ON readings(delivered_at)
+    WHERE delivered_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS devices (
+    device_id TEXT PRIMARY KEY,
+    last_reading_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """An unsent reading as the uplink sees it."""
+
+    seq: int
+    id: str
+    device_id: str
+    payload: bytes
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class NewRow:
+    id: str
+    device_id: str
+    payload: bytes
+    received_at: float
+
+
+@dataclass(slots=True)
+class StoreStats:
+    unsent: int
+    oldest_unsent_at: float | None
+    last_delivery_at: float | None
+    dropped: int
+    total: int
+    devices: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AddResult:
+    seq: int
+    duplicate: bool
+
+
+@dataclass(slots=True)
+class AddReport:
+    results: list[AddResult]
+    dropped_now: int
+
+
+class SqliteOutbox:
+    """Synchronous store core. Must be used from one thread only."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: Literal["full", "normal"] = "full",
+        max_readings: int = 500_000,
+        read_only: bool = False,
+        max_page_count: int | None = None,
+    ) -> None:
+        self.path = path
+        self.max_readings = max_readings
+        self.read_only = read_only
+        if read_only:
+            # mode=ro: `homehub status` must never write to a store the daemon owns.
+            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+            self._db.execute("PRAGMA query_only = ON")
+            self._count = 0
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, timeout=5.0, isolation_level=None)
+        self._configure(synchronous, max_page_count)
+        self._db.executescript(_SCHEMA)
+        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self._count = int(self._db.execute("SELECT count(*) FROM readings").fetchone()[0])
+
+    def _configure(self, synchronous: str, max_page_count: int | None) -> None:
+        db = self._db
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        db.execute(f"PRAGMA synchronous = {_SYNC_LEVEL[synchronous]}")
+        db.execute("PRAGMA secure_delete = ON")
+        db.execute("PRAGMA busy_timeout = 5000")
+        if max_page_count is not None:
+            # Used by tests to make "disk full" happen on demand (SQLITE_FULL).
+            db.execute(f"PRAGMA max_page_count = {int(max_page_count)}")
+        # Verify: a pragma SQLite did not take is silently ignored, and a store
+        # that is not what we think it is must not pretend to be durable.
+        actual = {
+            "journal_mode": mode,
+            "synchronous": db.execute("PRAGMA synchronous").fetchone()[0],
+            "secure_delete": db.execute("PRAGMA secure_delete").fetchone()[0],
+        }
+        wanted = {"journal_mode": "wal", "synchronous": _SYNC_LEVEL[synchronous], "secure_delete": 1}
+        if actual != wanted:
+            raise StoreError(f"{self.path}: SQLite refused the pragmas: wanted {wanted}, got {actual}")
+
+    # -- writing ---------------------------------------------------------------
+
+    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` in one IMMEDIATE transaction; map a full disk to StoreFullError."""
+        if self.read_only:
+            raise StoreError("store opened read-only")
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(db)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL:
+                raise StoreFullError(f"{self.path}: disk full: {exc}") from exc
+            raise StoreError(f"{self.path}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
+        return result
+
+    def add_many(self, rows: Sequence[NewRow]) -> AddReport:
+        """Commit `rows` in one transaction, enforcing the size bound first."""
+
+        def work(db: sqlite3.Connection) -> tuple[AddReport, int, int]:
+            deleted, dropped = self._make_room(db, len(rows))
+            results: list[AddResult] = []
+            inserted = 0
+            for row in rows:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO readings(id, device_id, payload, received_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (row.id, row.device_id, row.payload, row.received_at),
+                )
+                if cur.rowcount == 1:
+                    inserted += 1
+                    results.append(AddResult(int(cur.lastrowid or 0), duplicate=False))
+                else:
+                    # Same source_key, so same id: the device sent a record we hold.
+                    seq = db.execute("SELECT seq FROM readings WHERE id = ?", (row.id,)).fetchone()
+                    results.append(AddResult(int(seq[0]) if seq else 0, duplicate=True))
+                db.execute(
+                    "INSERT INTO devices(device_id, last_reading_at) VALUES (?, ?)"
+                    " ON CONFLICT(device_id) DO UPDATE SET last_reading_at ="
+                    " max(last_reading_at, excluded.last_reading_at)",
+                    (row.device_id, row.received_at),
+                )
+            return AddReport(results, dropped), inserted, deleted
+
+        report, inserted, deleted = self._write(work)
+        self._count += inserted - deleted
+        return report
+
+    def _make_room(self, db: sqlite3.Connection, incoming: int) -> tuple[int, int]:
+        """Keep at most max_readings rows: drop delivered first, then the oldest unsent.
+
+        Returns (rows deleted, unsent readings dropped); the second is the loud case.
+        """
+        excess = self._count + incoming - self.max_readings
+        if excess <= 0:
+            return 0, 0
+        cur = db.execute(
+            "DELETE FROM readings WHERE seq IN (SELECT seq FROM readings"
+            " WHERE delivered_at IS NOT NULL ORDER BY seq LIMIT ?)",
+            (excess,),
+        )
+        deleted = int(cur.rowcount)
+        if excess - deleted <= 0:
+            return deleted, 0
+        cur = db.execute(
+            "DELETE FROM readings WHERE seq IN (SELECT seq FROM readings"
+            " WHERE delivered_at IS NULL ORDER BY seq LIMIT ?)",
+            (excess - deleted,),
+        )
+        dropped = int(cur.rowcount)
+        db.execute(
+            "INSERT INTO meta(key, value) VALUES ('dropped', ?)"
+            " ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
+            (dropped,),
+        )
+        return deleted + dropped, dropped
+
+    def mark_delivered(self, seqs: Sequence[int], at: float) -> int:
+        def work(db: sqlite3.Connection) -> int:
+            changed = 0
+            for start in range(0, len(seqs), _DELETE_BATCH):
+                chunk = seqs[start : start + _DELETE_BATCH]
+                marks = ",".join("?" * len(chunk))
+                cur = db.execute(
+                    f"UPDATE readings SET delivered_at = ? WHERE delivered_at IS NULL"  # noqa: S608
+                    f" AND seq IN ({marks})",
+                    (at, *chunk),
+                )
+                changed += cur.rowcount
+            db.execute(
+                "INSERT INTO meta(key, value) VALUES ('last_delivery_at', ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (at,),
+            )
+            return changed
+
+        return self._write(work)
+
+    def purge_delivered(self, older_than: float) -> int:
+        """Delete delivered readings older than `older_than`, in small transactions."""
+        total = 0
+        while True:
+
+            def work(db: sqlite3.Connection) -> int:
+                cur = db.execute(
+                    "DELETE FROM readings WHERE seq IN (SELECT seq FROM readings"
+                    " WHERE delivered_at IS NOT NULL AND delivered_at < ? LIMIT ?)",
+                    (older_than, _DELETE_BATCH),
+                )
+                return int(cur.rowcount)
+
+            deleted = self._write(work)
+            self._count -= deleted
+            total += deleted
+            if deleted < _DELETE_BATCH:
+                return total
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database file (and fsync it): the NORMAL-mode safety net."""
+        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    # -- reading ---------------------------------------------------------------
+
+    def fetch_unsent(
+        self, after_seq: int, limit: int, skip_devices: Sequence[str] = ()
+    ) -> list[OutboxRow]:
+        sql = (
+            "SELECT seq, id, device_id, payload, received_at FROM readings"
+            " WHERE delivered_at IS NULL AND seq > ?"
+        )
+        params: list[Any] = [after_seq]
+        if skip_devices:
+            sql += f" AND device_id NOT IN ({','.join('?' * len(skip_devices))})"
+            params.extend(skip_devices)
+        sql += " ORDER BY seq LIMIT ?"
+        params.append(limit)
+        return [
+            OutboxRow(int(s), str(i), str(d), bytes(p), float(r))
+            for s, i, d, p, r in self._db.execute(sql, params)
+        ]
+
+    def stats(self) -> StoreStats:
+        db = self._db
+        unsent, oldest = db.execute(
+            "SELECT count(*), min(received_at) FROM readings WHERE delivered_at IS NULL"
+        ).fetchone()
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        total = db.execute("SELECT count(*) FROM readings").fetchone()[0]
+        devices = {str(d): float(t) for d, t in db.execute("SELECT * FROM devices")}
+        return StoreStats(
+            unsent=int(unsent),
+            oldest_unsent_at=None if oldest is None else float(oldest),
+            last_delivery_at=None if meta.get("last_delivery_at") is None
+            else float(meta["last_delivery_at"]),
+            dropped=int(meta.get("dropped") or 0),
+            total=int(total),
+            devices=devices,
+        )
+
+    def integrity_ok(self) -> bool:
+        return bool(self._db.execute("PRAGMA quick_check").fetchone()[0] == "ok")
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class Store:
+    """The asyncio face of the store: every call runs on the store's own thread."""
+
+    def __init__(
+        self,
+        outbox_factory: Callable[[], SqliteOutbox],
+        *,
+        gateway_id: str,
+        on_dropped: Callable[[int], None] | None = None,
+    ) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="homehub-store")
+        self._factory = outbox_factory
+        self._outbox: SqliteOutbox | None = None
+        self._gateway_id = gateway_id
+        self._on_dropped = on_dropped
+        self._pending: list[tuple[NewRow, asyncio.Future[StoredReading]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self.disk_full = False
+        self.dropped_since_start = 0
+
+    @classmethod
+    async def open(
+        cls,
+        path: Path,
+        *,
+        gateway_id: str,
+        synchronous: Literal["full", "normal"] = "full",
+        max_readings: int = 500_000,
+        max_page_count: int | None = None,
+        on_dropped: Callable[[int], None] | None = None,
+    ) -> Store:
+        store = cls(
+            lambda: SqliteOutbox(
+                path,
+                synchronous=synchronous,
+                max_readings=max_readings,
+                max_page_count=max_page_count,
+            ),
+            gateway_id=gateway_id,
+            on_dropped=on_dropped,
+        )
+        try:
+            store._outbox = await store._run(store._factory)
+        except sqlite3.DatabaseError as exc:
+            store._executor.shutdown(wait=False)
+            raise StoreError(f"{path}: cannot open store: {exc}") from exc
+        except BaseException:
+            store._executor.shutdown(wait=False)
+            raise
+        return store
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    @property
+    def outbox(self) -> SqliteOutbox:
+        if self._outbox is None:
+            raise StoreError("store is closed")
+        return self._outbox
+
+    async def add(self, reading: Reading, received_at: datetime) -> StoredReading:
+        """Commit one reading; return its stable id once it is on disk.
+
+        Raises StoreFullError when the disk is full (the reading is NOT stored,
+        so the driver must not acknowledge it to its device).
+        """
+        rid = reading_id(self._gateway_id, reading)
+        row = NewRow(
+            id=rid,
+            device_id=reading.device_id,
+            payload=encode_reading(
+                reading, reading_id=rid, gateway_id=self._gateway_id, received_at=received_at
+            ),
+            received_at=received_at.timestamp(),
+        )
+        future: asyncio.Future[StoredReading] = asyncio.get_running_loop().create_future()
+        self._pending.append((row, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="store-flush")
+        return await future
+
+    async def _flush(self) -> None:
+        # Group commit: everything that arrived while the last fsync ran goes
+        # into the next transaction together.
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                report = await self._run(self.outbox.add_many, [row for row, _ in batch])
+            except StoreFullError as exc:
+                if not self.disk_full:
+                    log.error("store: disk full, readings cannot be stored: %s", exc)
+                self.disk_full = True
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            if self.disk_full:
+                log.warning("store: writing again after a full disk")
+            self.disk_full = False
+            if report.dropped_now:
+                self.dropped_since_start += report.dropped_now
+                log.error(
+                    "store: bound of %d readings reached; dropped the %d oldest unsent",
+                    self.outbox.max_readings,
+                    report.dropped_now,
+                )
+                if self._on_dropped is not None:
+                    self._on_dropped(report.dropped_now)
+            for (row, future), result in zip(batch, report.results, strict=True):
+                if not future.done():
+                    future.set_result(StoredReading(row.id, result.seq, result.duplicate))
+
+    async def fetch_unsent(
+        self, after_seq: int, limit: int, skip_devices: Sequence[str] = ()
+    ) -> list[OutboxRow]:
+        return await self._run(self.outbox.fetch_unsent, after_seq, limit, tuple(skip_devices))
+
+    async def mark_delivered(self, seqs: Sequence[int]) -> int:
+        return await self._run(self.outbox.mark_delivered, list(seqs), time.time())
+
+    async def purge_delivered(self, retention_s: float) -> int:
+        return await self._run(self.outbox.purge_delivered, time.time() - retention_s)
+
+    async def checkpoint(self) -> None:
+        await self._run(self.outbox.checkpoint)
+
+    async def stats(self) -> StoreStats:
+        return await self._run(self.outbox.stats)
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)
+        if self._outbox is not None:
+            outbox, self._outbox = self._outbox, None
+            await asyncio.get_running_loop().run_in_executor(self._executor, outbox.close)
+        self._executor.shutdown(wait=True)

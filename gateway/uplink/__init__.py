@@ -1,0 +1,1 @@
+"""The uplink: MQTT 5 client and payload encodings."""

@@ -1,0 +1,60 @@
+"""Payload encodings for the backend contract (ARCHITECTURE.md, "MQTT contract").
+
+`homehub.reading/1` and `homehub.status/1` are versioned; fields may be added,
+never removed or changed in meaning. JSON Schemas for both live in
+`gateway/schemas/` and are checked against these encoders in the tests.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from gateway.reading import Reading, utc_iso_ms
+
+READING_SCHEMA = "homehub.reading/1"
+STATUS_SCHEMA = "homehub.status/1"
+
+
+def reading_topic(prefix: str, gateway_id: str, device_id: str) -> str:
+    return f"{prefix}/{gateway_id}/readings/{device_id}"
+
+
+def status_topic(prefix: str, gateway_id: str) -> str:
+    return f"{prefix}/{gateway_id}/status"
+
+
+def encode_reading(
+    reading: Reading, *, reading_id: str, gateway_id: str, received_at: datetime
+) -> bytes:
+    """The `homehub.reading/1` JSON for one stored reading (compact UTF-8)."""
+    doc: dict[str, Any] = {
+        "schema": READING_SCHEMA,
+        "id": reading_id,
+        "gateway": gateway_id,
+        "device": {"id": reading.device_id, "driver": reading.driver},
+        "kind": reading.kind.value,
+        "measured_at": reading.measured_at.isoformat(timespec="seconds"),
+        "measured_at_source": reading.measured_at_source,
+        "received_at": utc_iso_ms(received_at),
+        "values": [
+            {"mdc": v.mdc, "code": v.code, "value": v.value, "unit": v.unit}
+            for v in reading.values
+        ],
+        "status": list(reading.status),
+    }
+    # allow_nan=False: a non-finite number must never reach the backend (the
+    # Value model already turns them into None; this is the last guard).
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+
+
+def encode_status(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+
+
+def offline_status(gateway_id: str, version: str) -> bytes:
+    """The Last Will and the clean-shutdown status: the hub is offline."""
+    return encode_status(
+        {"schema": STATUS_SCHEMA, "gateway": gateway_id, "state": "offline", "version": version}
+    )
