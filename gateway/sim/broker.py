@@ -7,6 +7,7 @@ tests see exactly what a hub in a home sees, minus the Internet.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
 import shutil
 import signal
@@ -61,6 +62,9 @@ class MosquittoBroker:
             "log_type notice",
             "log_type information",
             "max_queued_messages 100000",
+            # Started as root, mosquitto drops to user "mosquitto", who may not read
+            # our private work dir: keep running as whoever started it.
+            f"user {getpass.getuser()}",
         ]
         if self.acl is not None:
             acl_path = self.workdir / "acl"
