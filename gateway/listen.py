@@ -80,7 +80,7 @@ def listen(options: ListenOptions, out: TextIO = sys.stdout, err: TextIO = sys.s
         client_id=options.session or "",
         protocol=paho.MQTTv5,
     )
-    client.reconnect_delay_set(min_delay=0.1, max_delay=2)
+    client.reconnect_delay_set(min_delay=1, max_delay=2)
     if options.username:
         client.username_pw_set(options.username, options.password)
     if options.ca_file:
@@ -144,7 +144,7 @@ def listen(options: ListenOptions, out: TextIO = sys.stdout, err: TextIO = sys.s
 
     properties = None
     if options.session:
-        properties = Properties(PacketTypes.CONNECT)
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = options.session_expiry_s
 
     def stop(*_: Any) -> None:

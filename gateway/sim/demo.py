@@ -12,11 +12,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import tomllib
 from importlib import resources
 from pathlib import Path
 
-from gateway.config import validate_config
+from gateway.config import EX_CONFIG, validate_config
 from gateway.drivers.registry import DriverRegistry
 from gateway.errors import ConfigError, GatewayError
 from gateway.sim.broker import MosquittoBroker
@@ -28,8 +29,23 @@ def _demo_config_text(path: Path | None) -> str:
     return resources.files("gateway").joinpath("data/demo.toml").read_text("utf-8")
 
 
+def _await_subscription(listener: subprocess.Popen[str], timeout_s: float = 15.0) -> None:
+    subscribed = threading.Event()
+
+    def forward() -> None:
+        assert listener.stderr is not None
+        for line in listener.stderr:
+            sys.stderr.write(line)
+            if "subscribed on" in line:
+                subscribed.set()
+        subscribed.set()
+
+    threading.Thread(target=forward, daemon=True, name="demo-listener-log").start()
+    if not subscribed.wait(timeout_s) or listener.poll() is not None:
+        raise GatewayError("the demo listener did not subscribe to the broker")
+
+
 def run_demo(config_path: Path | None, *, seconds: float = 0.0) -> int:
-    from gateway.cli import EX_CONFIG
     from gateway.daemon import Hub
 
     registry = DriverRegistry.from_entry_points()
@@ -59,10 +75,16 @@ def run_demo(config_path: Path | None, *, seconds: float = 0.0) -> int:
         listener = subprocess.Popen(
             [sys.executable, "-m", "gateway", "--log-level", "WARNING", "listen",
              "--port", str(broker.port), "--prefix", config.mqtt.topic_prefix],
+            stderr=subprocess.PIPE,
+            text=True,
             # Its own process group: Ctrl-C reaches it through us, in order.
             start_new_session=True,
         )
         try:
+            # Start the hub only once the listener is subscribed: a reading the
+            # broker accepts with "no matching subscribers" is delivered, and a
+            # newcomer should see every one.
+            _await_subscription(listener)
 
             async def main() -> None:
                 hub = Hub(config, registry)
@@ -74,6 +96,9 @@ def run_demo(config_path: Path | None, *, seconds: float = 0.0) -> int:
                 await hub.run()
 
             asyncio.run(main())
+        except GatewayError as exc:
+            print(f"demo: {exc}", file=sys.stderr)
+            return 1
         finally:
             listener.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):

@@ -104,6 +104,10 @@ class MqttUplink:
         self._buffer: deque[OutboxRow] = deque()
         self._cursor = 0  # highest seq fetched into the buffer
         self._exhausted = False  # the store had nothing after the cursor
+        # Bumped by every new reading / position reset, so a fetch that raced
+        # with one does not wrongly conclude "nothing to send" or undo a reset.
+        self._new_readings = 0
+        self._position = 0
         self._acked: list[int] = []  # delivered seqs not yet marked in the store
         self._marking: set[int] = set()  # seqs being marked right now
         self._ack_flusher: asyncio.Task[None] | None = None
@@ -118,6 +122,7 @@ class MqttUplink:
     def notify_new_reading(self) -> None:
         """A reading was committed: there may be something to publish."""
         self._exhausted = False
+        self._new_readings += 1
         self._wake.set()
 
     def request_status(self) -> None:
@@ -315,6 +320,7 @@ class MqttUplink:
         return reason
 
     def _reset_reading_position(self) -> None:
+        self._position += 1
         self._buffer.clear()
         self._cursor = 0
         self._exhausted = False
@@ -336,11 +342,14 @@ class MqttUplink:
         for device, until in list(self._blocked.items()):
             if until <= now:
                 del self._blocked[device]
+        new_readings, position = self._new_readings, self._position
         rows = await self._store.fetch_unsent(
             self._cursor, self._window * 2 - len(self._buffer), tuple(self._blocked)
         )
+        if position != self._position:
+            return  # the position was reset while we read: read again from there
         if not rows:
-            self._exhausted = True
+            self._exhausted = new_readings == self._new_readings
             return
         self._cursor = rows[-1].seq
         busy = {f.seq for f in session.inflight.values()} | self._marking | set(self._acked)
