@@ -1,0 +1,209 @@
+"""The daemon: supervised drivers, a full disk, a full store, clean stops."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from gateway.config import validate_config
+from gateway.daemon import Hub
+from gateway.drivers.base import Driver, DriverOptions
+from gateway.drivers.registry import DriverRegistry
+from gateway.drivers.simulated import SimulatedDriver
+from gateway.events import (
+    DeviceFailing,
+    DeviceRecovered,
+    DiskFull,
+    Event,
+    EventBus,
+    ReadingsDropped,
+    ReadingStored,
+)
+from gateway.reading import Kind, Reading, Value
+from gateway.sim.broker import MosquittoBroker, free_port
+from tests.helpers import LineReader, hub_process, write_config
+
+
+class FlakyOptions(DriverOptions):
+    failures: int = 2
+
+
+class FlakyDriver(Driver):
+    """Fails `failures` times (across restarts), then emits one reading."""
+
+    Options = FlakyOptions
+    attempts = 0
+
+    async def run(self) -> None:
+        assert isinstance(self.options, FlakyOptions)
+        FlakyDriver.attempts += 1
+        if FlakyDriver.attempts <= self.options.failures:
+            raise RuntimeError(f"simulated failure {FlakyDriver.attempts}")
+        from gateway import mdc
+
+        await self.context.emit(
+            Reading(
+                device_id=self.options.id,
+                driver=self.options.driver,
+                kind=Kind.TEMPERATURE,
+                measured_at=self.context.clock.now(),
+                measured_at_source="hub",
+                values=(Value.of(mdc.TEMP_BODY, 37.0, "Cel"),),
+            )
+        )
+        await asyncio.Event().wait()
+
+
+def registry_with_flaky() -> DriverRegistry:
+    return DriverRegistry({"simulated": SimulatedDriver, "flaky": FlakyDriver})
+
+
+def config_for(path: Path, registry: DriverRegistry):  # type: ignore[no-untyped-def]
+    return validate_config(tomllib.loads(path.read_text()), registry)
+
+
+async def collect_until(queue: asyncio.Queue[Event], kind: type[Event], timeout_s: float) -> Event:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            event = await queue.get()
+            if isinstance(event, kind):
+                return event
+
+
+async def test_failing_driver_is_restarted_with_backoff_and_reported(
+    tmp_path: Path, broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gateway.daemon.DRIVER_BACKOFF_INITIAL_S", 0.05)
+    FlakyDriver.attempts = 0
+    registry = registry_with_flaky()
+    path = write_config(
+        tmp_path / "hub.toml",
+        broker=broker,
+        state_dir=tmp_path / "state",
+        devices=[
+            {"id": "flaky-1", "driver": "flaky", "failures": 2},
+            {"id": "ok-1", "driver": "simulated", "kind": "weight", "interval_s": 0.05},
+        ],
+    )
+    events = EventBus()
+    queue, _ = events.queue()
+    hub = Hub(config_for(path, registry), registry, events=events)
+    task = asyncio.create_task(hub.run())
+    try:
+        first = await collect_until(queue, DeviceFailing, 5)
+        assert isinstance(first, DeviceFailing) and first.device_id == "flaky-1"
+        assert "simulated failure 1" in first.error
+        await collect_until(queue, DeviceRecovered, 10)
+        device = hub.status.devices["flaky-1"]
+        assert device.restarts == 2 and device.state == "ok"
+        # The other device never stopped producing.
+        assert hub.status.devices["ok-1"].state == "ok"
+        assert not task.done()
+    finally:
+        hub.stop()
+        await asyncio.wait_for(task, 6)
+
+
+async def test_full_disk_keeps_the_daemon_alive_and_the_file_sound(
+    tmp_path: Path, broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr("gateway.daemon.DRIVER_BACKOFF_INITIAL_S", 0.05)
+    monkeypatch.setattr("gateway.daemon.DRIVER_BACKOFF_MAX_S", 0.2)
+    registry = DriverRegistry.from_entry_points()
+    path = write_config(
+        tmp_path / "hub.toml",
+        broker=broker,
+        state_dir=tmp_path / "state",
+        devices=[{"id": "bp-1", "driver": "simulated", "kind": "blood_pressure",
+                  "interval_s": 0.0}],
+        store={"retention_hours": 24.0},
+    )
+    events = EventBus()
+    queue, _ = events.queue()
+    # A tiny page budget: SQLite answers SQLITE_FULL exactly as on a full SD card.
+    hub = Hub(config_for(path, registry), registry, events=events, max_page_count=40)
+    task = asyncio.create_task(hub.run())
+    try:
+        with caplog.at_level(logging.ERROR):
+            await collect_until(queue, DiskFull, 20)
+            await collect_until(queue, DeviceFailing, 5)
+        assert hub.status.disk_full
+        assert not task.done(), "the daemon died of a full disk"
+        assert any("disk full" in r.getMessage() for r in caplog.records)
+    finally:
+        hub.stop()
+        await asyncio.wait_for(task, 6)
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "state" / "readings.sqlite3")
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert db.execute("SELECT count(*) FROM readings").fetchone()[0] > 0
+    db.close()
+
+
+async def test_store_bound_drops_oldest_loudly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = DriverRegistry.from_entry_points()
+    # No broker listens on this port: nothing is delivered, the store fills up.
+    path = write_config(
+        tmp_path / "hub.toml",
+        broker=None,
+        state_dir=tmp_path / "state",
+        devices=[{"id": "oxi-1", "driver": "simulated", "kind": "pulse_oximeter",
+                  "interval_s": 0.0, "count": 150}],
+        mqtt={"port": free_port(), "reconnect_min_s": 0.5},
+        store={"max_readings": 100},
+    )
+    events = EventBus()
+    queue, _ = events.queue()
+    hub = Hub(config_for(path, registry), registry, events=events)
+    task = asyncio.create_task(hub.run())
+    try:
+        stored = 0
+        dropped_events: list[ReadingsDropped] = []
+        with caplog.at_level(logging.ERROR):
+            async with asyncio.timeout(20):
+                while stored < 150:
+                    event = await queue.get()
+                    stored += isinstance(event, ReadingStored)
+                    if isinstance(event, ReadingsDropped):
+                        dropped_events.append(event)
+        assert dropped_events and sum(e.count for e in dropped_events) == 50
+        assert hub.status.store_full
+        assert any("bound" in r.getMessage() for r in caplog.records)
+        assert hub.store is not None
+        stats = await hub.store.stats()
+        assert stats.total == 100
+        assert stats.unsent == 100
+        assert stats.dropped == 50
+    finally:
+        hub.stop()
+        await asyncio.wait_for(task, 6)
+
+
+def test_sigterm_while_broker_unreachable_exits_zero_within_5s(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path / "hub.toml",
+        broker=None,
+        state_dir=tmp_path / "state",
+        devices=[{"id": "g-1", "driver": "simulated", "kind": "glucose", "interval_s": 0.1}],
+        mqtt={"port": free_port()},
+    )
+    hub = hub_process(path)
+    out = LineReader(hub)
+    try:
+        out.wait_for("cannot connect", 15)
+        started = time.monotonic()
+        hub.terminate()
+        assert hub.wait(timeout=10) == 0
+        assert time.monotonic() - started < 5.0
+    finally:
+        if hub.poll() is None:
+            hub.kill()
