@@ -27,6 +27,11 @@ if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
     apt_install mosquitto
 fi
 
+if ! command -v openssl >/dev/null; then
+    echo "bootstrap: installing openssl (the TLS tests make their own certificates)" >&2
+    apt_install openssl
+fi
+
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
     echo "bootstrap: $PYTHON is older than 3.11; set PYTHON=python3.11" >&2
     exit 1

@@ -48,6 +48,8 @@ class MosquittoBroker:
     port: int = field(default_factory=free_port)
     acl: str | None = None  # mosquitto acl_file text; None = everything allowed
     persistent: bool = False  # save sessions and queued messages on every change
+    # (ca_file, cert_file, key_file): TLS on the listener, client certificates required
+    tls: tuple[Path, Path, Path] | None = None
     process: subprocess.Popen[bytes] | None = None
     log_lines: list[str] = field(default_factory=list)
 
@@ -66,6 +68,14 @@ class MosquittoBroker:
             # our private work dir: keep running as whoever started it.
             f"user {getpass.getuser()}",
         ]
+        if self.tls is not None:
+            ca, cert, key = self.tls
+            lines += [
+                f"cafile {ca}",
+                f"certfile {cert}",
+                f"keyfile {key}",
+                "require_certificate true",
+            ]
         if self.acl is not None:
             acl_path = self.workdir / "acl"
             acl_path.write_text(self.acl)

@@ -1,0 +1,99 @@
+"""TLS with client certificates: the way a hub in a home reaches its backend."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from gateway.daemon import Hub
+from gateway.drivers.registry import DriverRegistry
+from gateway.events import EventBus, ReadingDelivered, UplinkUp
+from gateway.sim.broker import MosquittoBroker
+from tests.helpers import load, write_config
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_pki(directory: Path) -> dict[str, Path]:
+    """A throwaway CA, a server certificate for 127.0.0.1, and a client certificate."""
+    directory.mkdir()
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+            "-keyout", "ca.key", "-out", "ca.crt", cwd=directory)
+    for name, extra in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "")):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+                "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=directory)
+        ext = directory / f"{name}.ext"
+        ext.write_text(extra + "\n" if extra else "basicConstraints=CA:FALSE\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                "-CAcreateserial", "-days", "2", "-extfile", ext.name, "-out", f"{name}.crt",
+                cwd=directory)
+    return {p.name: p for p in directory.iterdir()}
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return make_pki(tmp_path_factory.mktemp("tls") / "pki")
+
+
+async def test_readings_flow_over_tls_with_client_certificate(
+    tmp_path: Path, pki: dict[str, Path], broker_factory: Callable[..., MosquittoBroker]
+) -> None:
+    broker = broker_factory(tls=(pki["ca.crt"], pki["server.crt"], pki["server.key"]))
+    config = write_config(
+        tmp_path / "hub.toml",
+        broker=broker,
+        state_dir=tmp_path / "state",
+        devices=[{"id": "bp-1", "driver": "simulated", "kind": "blood_pressure",
+                  "interval_s": 0.0, "count": 3}],
+        mqtt={"ca_file": pki["ca.crt"], "cert_file": pki["client.crt"],
+              "key_file": pki["client.key"]},
+    )
+    events = EventBus()
+    queue, _ = events.queue()
+    hub = Hub(load(config), DriverRegistry.from_entry_points(), events=events)
+    task = asyncio.create_task(hub.run())
+    delivered = 0
+    try:
+        async with asyncio.timeout(15):
+            while delivered < 3:
+                event = await queue.get()
+                delivered += isinstance(event, ReadingDelivered)
+    finally:
+        hub.stop()
+        await asyncio.wait_for(task, 6)
+    assert delivered == 3
+
+
+async def test_without_client_certificate_the_broker_refuses_and_nothing_is_delivered(
+    tmp_path: Path, pki: dict[str, Path], broker_factory: Callable[..., MosquittoBroker]
+) -> None:
+    broker = broker_factory(tls=(pki["ca.crt"], pki["server.crt"], pki["server.key"]))
+    config = write_config(
+        tmp_path / "hub.toml",
+        broker=broker,
+        state_dir=tmp_path / "state",
+        devices=[{"id": "bp-1", "driver": "simulated", "kind": "blood_pressure",
+                  "interval_s": 0.0, "count": 1}],
+        mqtt={"ca_file": pki["ca.crt"], "reconnect_min_s": 0.2, "reconnect_max_s": 0.5},
+    )
+    events = EventBus()
+    queue, _ = events.queue()
+    hub = Hub(load(config), DriverRegistry.from_entry_points(), events=events)
+    task = asyncio.create_task(hub.run())
+    try:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(3):
+                while True:
+                    event = await queue.get()
+                    assert not isinstance(event, UplinkUp | ReadingDelivered)
+        assert hub.store is not None
+        assert (await hub.store.stats()).unsent == 1
+    finally:
+        hub.stop()
+        await asyncio.wait_for(task, 6)
