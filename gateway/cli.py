@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -86,11 +87,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not path.exists():
         print(f"homehub: no store at {path} yet (has the hub ever run?)", file=sys.stderr)
         return EX_FAIL
-    outbox = SqliteOutbox(path, read_only=True)
     try:
-        stats = outbox.stats()
-    finally:
-        outbox.close()
+        outbox = SqliteOutbox(path, read_only=True)
+        try:
+            stats = outbox.stats()
+        finally:
+            outbox.close()
+    except (GatewayError, sqlite3.Error) as exc:
+        print(f"homehub: cannot read the store {path}: {exc}", file=sys.stderr)
+        return EX_FAIL
     now = time.time()
     oldest_age = None if stats.oldest_unsent_at is None else round(now - stats.oldest_unsent_at, 1)
     devices = {
@@ -144,6 +149,9 @@ def cmd_listen(args: argparse.Namespace) -> int:
         options.ca_file = str(m.ca_file) if m.ca_file else None
         options.cert_file = str(m.cert_file) if m.cert_file else None
         options.key_file = str(m.key_file) if m.key_file else None
+        options.username = m.username
+        if m.password_file is not None:
+            options.password = m.password_file.read_text("utf-8").strip()
     return listen(options)
 
 

@@ -15,6 +15,8 @@ import logging
 import time
 from collections.abc import Callable
 
+from pydantic import ValidationError
+
 from gateway import __version__
 from gateway.backoff import Backoff
 from gateway.clock import Clock, SystemClock
@@ -48,6 +50,19 @@ DRIVER_BACKOFF_MAX_S = 120.0
 # A driver that ran this long before failing was healthy: its backoff starts over.
 DRIVER_STABLE_S = 60.0
 UPLINK_GRACE_S = 2.0
+
+
+def describe_error(exc: BaseException) -> str:
+    """An error's description that is safe to log at ERROR and put in the status.
+
+    pydantic quotes the offending input in its messages; a driver that built a
+    Reading from bad device data would put a patient's value into the journal
+    and onto the broker. Name the fields, never the values.
+    """
+    if isinstance(exc, ValidationError):
+        fields = sorted({".".join(str(p) for p in e["loc"]) or "(reading)" for e in exc.errors()})
+        return f"invalid {exc.title}: {exc.error_count()} error(s) in {', '.join(fields)}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 class Hub:
@@ -201,7 +216,7 @@ class Hub:
                 delay = backoff.next_delay()
                 device.state = "failing"
                 device.restarts += 1
-                device.last_error = f"{type(exc).__name__}: {exc}"
+                device.last_error = describe_error(exc)
                 # The message, not the traceback, at ERROR; drivers must not put
                 # patient values into exception messages.
                 log.error(

@@ -45,6 +45,5 @@ def setup_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # paho and asyncio are chatty at DEBUG; keep them at WARNING unless asked.
-    for noisy in ("asyncio",):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # asyncio is chatty at DEBUG (every slow callback); keep it at WARNING.
+    logging.getLogger("asyncio").setLevel(max(logging.WARNING, root.level))

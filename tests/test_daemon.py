@@ -207,3 +207,19 @@ def test_sigterm_while_broker_unreachable_exits_zero_within_5s(tmp_path: Path) -
     finally:
         if hub.poll() is None:
             hub.kill()
+
+
+def test_describe_error_names_fields_but_never_values() -> None:
+    from pydantic import ValidationError
+
+    from gateway.daemon import describe_error
+
+    try:
+        Value(mdc=150021, code="MDC_PRESS_BLD_NONINV_SYS", value="one-hundred-and-87", unit="")
+    except ValidationError as exc:
+        text = describe_error(exc)
+    else:
+        raise AssertionError("the Value was accepted")
+    assert "one-hundred-and-87" not in text
+    assert "value" in text and "unit" in text
+    assert describe_error(RuntimeError("port vanished")) == "RuntimeError: port vanished"

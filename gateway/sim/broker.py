@@ -99,6 +99,9 @@ class MosquittoBroker:
             [find_mosquitto(), "-c", str(conf)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            # Its own session: a Ctrl-C meant for the demo must not kill the broker
+            # before the hub has said goodbye; we stop it ourselves, last.
+            start_new_session=True,
         )
         running = threading.Event()
         process = self.process

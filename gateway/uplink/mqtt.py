@@ -8,8 +8,9 @@ after a disconnect, whatever was in flight is simply unsent in the store and is
 published again (same id) on the next connection.
 
 Invariants (ARCHITECTURE.md, data path step 3):
-- at most `max_inflight` readings are unacknowledged at once; the read-ahead
-  buffer holds at most one more window; the rest waits in the store;
+- at most `max_inflight` readings (or the broker's Receive Maximum, if lower)
+  are unacknowledged at once; the read-ahead buffer holds at most two more
+  windows' worth of rows; the rest waits in the store;
 - a reading is marked delivered only on a PUBACK with a success reason code
   (MQTT 5 §3.4.2.1: codes below 0x80 are success, e.g. 0x10 "no matching
   subscribers");
@@ -224,13 +225,14 @@ class MqttUplink:
             with contextlib.suppress(RuntimeError):  # loop already closed at exit
                 loop.call_soon_threadsafe(fn, *args)
 
-        connack: asyncio.Future[ReasonCode] = loop.create_future()
+        connack: asyncio.Future[tuple[ReasonCode, int | None]] = loop.create_future()
         client.user_data_set(connack)
 
         def on_connect(
-            _c: paho.Client, _u: Any, _flags: Any, rc: ReasonCode, _p: Properties | None
+            _c: paho.Client, _u: Any, _flags: Any, rc: ReasonCode, props: Properties | None
         ) -> None:
-            threadsafe(_settle, connack, rc)
+            receive_maximum = getattr(props, "ReceiveMaximum", None) if props else None
+            threadsafe(_settle, connack, (rc, receive_maximum))
 
         def on_disconnect(
             _c: paho.Client, _u: Any, _flags: Any, rc: ReasonCode, _p: Properties | None
@@ -251,7 +253,7 @@ class MqttUplink:
         loop = asyncio.get_running_loop()
         lost: asyncio.Future[str] = loop.create_future()
         client = self._make_client(loop, lost)
-        connack: asyncio.Future[ReasonCode] = client.user_data_get()
+        connack: asyncio.Future[tuple[ReasonCode, int | None]] = client.user_data_get()
         s = self._settings
         # clean_start: every connection starts a fresh session; what was in
         # flight is resent from the store, not from a broker-side session.
@@ -265,13 +267,27 @@ class MqttUplink:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.loop_start()
         try:
-            rc = await asyncio.wait_for(asyncio.shield(connack), s.connect_timeout_s)
+            rc, receive_maximum = await asyncio.wait_for(
+                asyncio.shield(connack), s.connect_timeout_s
+            )
         except TimeoutError:
             await self._close_client(client)
             raise UplinkError("no CONNACK from the broker in time") from None
         if rc.is_failure:
             await self._close_client(client)
             raise UplinkError(f"broker refused the connection: {rc}")
+        # MQTT 5 §3.2.2.3.3: the client must not have more unacknowledged QoS 1
+        # publishes than the broker's Receive Maximum, or the broker disconnects
+        # it (0x93). paho does not enforce it, so the window shrinks here.
+        # One slot stays free for the status message (at most one is in flight).
+        self._window = s.max_inflight
+        if receive_maximum is not None and int(receive_maximum) - 1 < self._window:
+            self._window = max(1, int(receive_maximum) - 1)
+            log.info(
+                "mqtt: broker's Receive Maximum is %d: at most %d readings in flight",
+                receive_maximum,
+                self._window,
+            )
         return _Session(client=client, connected_at=time.monotonic(), lost=lost)
 
     async def _close_client(self, client: paho.Client) -> None:
@@ -434,6 +450,11 @@ class MqttUplink:
         while not session.lost.done():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._status_wanted.wait(), interval)
+            if session.status_mids:
+                # The last status is still unacknowledged: keep within the broker's
+                # Receive Maximum and send the newer one after the debounce.
+                await asyncio.sleep(1.0)
+                continue
             self._status_wanted.clear()
             payload = await self._status_document()
             info = session.client.publish(self._status_topic, payload, qos=1, retain=True)
