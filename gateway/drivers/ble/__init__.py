@@ -1,0 +1,1 @@
+"""Bluetooth Low Energy drivers: SIG health profiles over bleak (BlueZ or Bumble)."""
