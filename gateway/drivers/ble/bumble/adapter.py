@@ -1,0 +1,111 @@
+"""One Bumble host on one HCI transport, shared by every scanner and client of the hub."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+
+from bumble.core import UUID
+from bumble.device import Advertisement, Device
+from bumble.hci import Address
+from bumble.transport import open_transport
+from bumble.transport.common import Transport
+
+log = logging.getLogger(__name__)
+
+AdvertisementListener = Callable[[Advertisement], None]
+
+#: The hub's own random static address (the two top bits set, Core Vol 6 Part B §1.3.2.1).
+DEFAULT_HUB_ADDRESS = "F0:48:55:42:00:01"
+
+
+def bleak_uuid(value: UUID) -> str:
+    """A Bumble UUID as bleak writes it: 128-bit, lower case, dashed."""
+    return str(uuid.UUID(bytes=bytes(reversed(value.to_bytes(force_128=True)))))
+
+
+class BumbleAdapter:
+    """Opens the transport and powers the host on at first use; fans advertisements out."""
+
+    def __init__(self, transport: str, address: str = DEFAULT_HUB_ADDRESS) -> None:
+        self.transport_spec = transport
+        self._address = address
+        self._lock = asyncio.Lock()
+        self._transport: Transport | None = None
+        self._device: Device | None = None
+        self._listeners: dict[AdvertisementListener, bool] = {}
+        self._scanning_active: bool | None = None
+        #: address string (no type suffix) -> the typed Bumble address last seen
+        self.seen: dict[str, Address] = {}
+
+    @property
+    def device(self) -> Device:
+        if self._device is None:
+            raise RuntimeError("Bumble adapter is not open")
+        return self._device
+
+    async def open(self) -> Device:
+        async with self._lock:
+            if self._device is not None:
+                return self._device
+            transport = await open_transport(self.transport_spec)
+            try:
+                device = Device.with_hci(
+                    "homehub", Address(self._address), transport.source, transport.sink
+                )
+                device.on(device.EVENT_ADVERTISEMENT, self._on_advertisement)
+                await device.power_on()
+            except BaseException:
+                await transport.close()
+                raise
+            self._transport, self._device = transport, device
+            log.debug("bumble: host up on %s", self.transport_spec)
+            return device
+
+    async def close(self) -> None:
+        async with self._lock:
+            device, transport = self._device, self._transport
+            self._device = self._transport = None
+            self._listeners.clear()
+            self._scanning_active = None
+            if device is not None:
+                try:
+                    await asyncio.wait_for(device.power_off(), 2.0)
+                except Exception:
+                    log.debug("bumble: power off failed", exc_info=True)
+            if transport is not None:
+                await transport.close()
+
+    async def reset(self) -> None:
+        """Close and let the next use reopen: the adapter-reset recovery stage."""
+        await self.close()
+
+    # -- scanning, shared by every BleakScanner on this adapter ----------------------------
+
+    async def add_scan_listener(self, listener: AdvertisementListener, active: bool) -> None:
+        device = await self.open()
+        self._listeners[listener] = active
+        await self._update_scanning(device)
+
+    async def remove_scan_listener(self, listener: AdvertisementListener) -> None:
+        self._listeners.pop(listener, None)
+        if self._device is not None:
+            await self._update_scanning(self._device)
+
+    async def _update_scanning(self, device: Device) -> None:
+        async with self._lock:
+            wanted = any(self._listeners.values()) if self._listeners else None
+            if wanted == self._scanning_active:
+                return
+            if self._scanning_active is not None:
+                await device.stop_scanning()
+            if wanted is not None:
+                await device.start_scanning(active=wanted, filter_duplicates=False)
+            self._scanning_active = wanted
+
+    def _on_advertisement(self, advertisement: Advertisement) -> None:
+        self.seen[advertisement.address.to_string(False)] = advertisement.address
+        for listener in list(self._listeners):
+            listener(advertisement)

@@ -1,0 +1,1 @@
+"""Virtual BLE medical devices: Bumble GATT servers on a virtual radio (`VirtualAir`)."""
