@@ -103,12 +103,28 @@ class StoreSection(_Section):
     purge_interval_s: float = Field(default=300.0, ge=1.0, le=86400.0)
 
 
+class BleSection(_Section):
+    stack: Literal["bluez", "bumble"] = Field(
+        default="bluez",
+        description="'bluez': bleak's BlueZ backend (the Pi); 'bumble': the Bumble stack on "
+        "`transport`, without BlueZ.",
+    )
+    transport: str = Field(
+        default="usb:0",
+        min_length=1,
+        description="Bumble HCI transport (stack = 'bumble' only), e.g. usb:0 or "
+        "tcp-client:127.0.0.1:9000.",
+    )
+    connect_timeout_s: float = Field(default=10.0, gt=0, le=120)
+
+
 class HubConfig(_Section):
     """The whole file. `devices` is replaced by a driver-discriminated union at load time."""
 
     gateway: GatewaySection
     mqtt: MqttSection = MqttSection()
     store: StoreSection = StoreSection()
+    ble: BleSection = BleSection()
     devices: list[DriverOptions] = Field(default_factory=list)
 
     @property
@@ -143,7 +159,7 @@ def config_model(registry: DriverRegistry) -> type[HubConfig]:
             create_model(
                 f"Device[{name}]",
                 __base__=driver.Options,
-                driver=(Literal[name], Field(description="Driver name.")),
+                driver=(Literal[name], Field(description="Driver name.")),  # type: ignore[arg-type]
             )
         )
     if not variants:
@@ -206,7 +222,7 @@ def validate_config(data: dict[str, Any], registry: DriverRegistry) -> HubConfig
         return model.model_validate(data)
     except ValidationError as exc:
         names = set(registry.names())
-        problems = []
+        problems: list[str] = []
         for error in exc.errors():
             loc = error["loc"]
             if error["type"] == "value_error" and str(error["msg"]).find("devices[") >= 0:

@@ -22,6 +22,7 @@ from gateway.backoff import Backoff
 from gateway.clock import Clock, SystemClock
 from gateway.config import HubConfig
 from gateway.drivers.base import DriverContext, DriverOptions, StoredReading
+from gateway.drivers.ble.runtime import BleRuntime
 from gateway.drivers.registry import DriverRegistry
 from gateway.errors import DriverError, StoreFullError
 from gateway.events import (
@@ -89,6 +90,8 @@ class Hub:
         self.store: Store | None = None
         self.uplink: MqttUplink | None = None
         self._driver_tasks: dict[str, asyncio.Task[None]] = {}
+        #: shared by the BLE drivers; opens nothing until a driver scans
+        self.ble = BleRuntime(config.ble)
 
     def stop(self) -> None:
         """Ask the hub to stop; `run()` returns once it has shut down cleanly."""
@@ -146,6 +149,8 @@ class Hub:
             task.cancel()
         await asyncio.gather(*self._driver_tasks.values(), return_exceptions=True)
         with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ble.close(), 2.0)
+        with contextlib.suppress(Exception):
             await asyncio.wait_for(uplink.stop(UPLINK_GRACE_S), UPLINK_GRACE_S + 1.5)
         for task in background:
             task.cancel()
@@ -164,6 +169,8 @@ class Hub:
             clock=self.clock,
             logger=logging.getLogger(f"gateway.device.{options.id}"),
             emit=emit,
+            cursors=self.store,
+            services={BleRuntime: self.ble},
         )
 
     async def _emit(self, options: DriverOptions, reading: Reading) -> StoredReading:

@@ -56,6 +56,14 @@ CREATE TABLE IF NOT EXISTS devices (
     device_id TEXT PRIMARY KEY,
     last_reading_at REAL NOT NULL
 );
+-- Per-device cursors (e.g. a glucose meter's last stored record sequence number).
+CREATE TABLE IF NOT EXISTS device_cursors (
+    device_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (device_id, name)
+);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value
@@ -277,6 +285,23 @@ class SqliteOutbox:
             if deleted < _DELETE_BATCH:
                 return total
 
+    def set_cursor(self, device_id: str, name: str, value: int, at: float) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO device_cursors(device_id, name, value, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(device_id, name) DO UPDATE SET value = excluded.value,"
+                " updated_at = excluded.updated_at",
+                (device_id, name, value, at),
+            )
+
+        self._write(work)
+
+    def get_cursor(self, device_id: str, name: str) -> int | None:
+        row = self._db.execute(
+            "SELECT value FROM device_cursors WHERE device_id = ? AND name = ?", (device_id, name)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
     def checkpoint(self) -> None:
         """Copy the WAL into the database file (and fsync it): the NORMAL-mode safety net."""
         self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
@@ -454,6 +479,15 @@ class Store:
 
     async def purge_delivered(self, retention_s: float) -> int:
         return await self._run(self.outbox.purge_delivered, time.time() - retention_s)
+
+    async def get_cursor(self, device_id: str, name: str) -> int | None:
+        return await self._run(self.outbox.get_cursor, device_id, name)
+
+    async def set_cursor(self, device_id: str, name: str, value: int) -> None:
+        """Commit a cursor. Runs after every add queued before it (one store thread)."""
+        if self._flusher is not None and not self._flusher.done():
+            await asyncio.shield(self._flusher)
+        await self._run(self.outbox.set_cursor, device_id, name, value, time.time())
 
     async def checkpoint(self) -> None:
         await self._run(self.outbox.checkpoint)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import ClassVar
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.clock import Clock
+from gateway.errors import DriverError
 from gateway.reading import Reading
 
 #: Device and gateway ids end up in MQTT topics: keep them to topic-safe characters.
@@ -41,6 +42,22 @@ class StoredReading:
     duplicate: bool  # the same record (same source_key) was already stored
 
 
+class Cursors(Protocol):
+    """Small per-device integers kept in the store (e.g. a glucose meter's last sequence).
+
+    Move a cursor on only after `emit` returned for the records it covers: then a
+    crash between the two re-reads a record (stored once, by its source_key)
+    and never skips one.
+    """
+
+    async def get_cursor(self, device_id: str, name: str) -> int | None: ...
+
+    async def set_cursor(self, device_id: str, name: str, value: int) -> None: ...
+
+
+T = TypeVar("T")
+
+
 @dataclass(slots=True)
 class DriverContext:
     """Everything a driver may use from the hub; passed in, never global."""
@@ -49,6 +66,15 @@ class DriverContext:
     clock: Clock
     logger: logging.Logger
     emit: Callable[[Reading], Awaitable[StoredReading]]
+    cursors: Cursors | None = None
+    #: shared hub resources by type (e.g. the BLE runtime all BLE drivers share)
+    services: Mapping[type[Any], Any] = field(default_factory=dict)
+
+    def service(self, kind: type[T]) -> T:
+        found = self.services.get(kind)
+        if not isinstance(found, kind):
+            raise DriverError(f"this hub offers no {kind.__name__}")
+        return found
 
 
 class Driver(abc.ABC):

@@ -63,6 +63,8 @@ class VirtualPeripheral:
         self.time_set = asyncio.Event()
         self.disconnected = asyncio.Event()
         self._advertising = False
+        #: False: the device stays quiet (out of range, switched off) until set again
+        self.advertising_enabled = True
         self._tasks: set[asyncio.Task[None]] = set()
         self.device.on(self.device.EVENT_CONNECTION, self._on_connection)
         self.device.add_services([*self.services(), self._time_service()])
@@ -89,7 +91,7 @@ class VirtualPeripheral:
             await self.advertise()
 
     async def advertise(self) -> None:
-        if self._advertising or self.connection is not None:
+        if self._advertising or self.connection is not None or not self.advertising_enabled:
             return
         data = AdvertisingData(
             [
@@ -176,7 +178,8 @@ class VirtualPeripheral:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.device.power_off(), 1.0)
+            async with asyncio.timeout(1.0):
+                await self.device.power_off()
 
 
 class StoredRecordsPeripheral(VirtualPeripheral):

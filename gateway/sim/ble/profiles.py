@@ -80,7 +80,8 @@ class GlucoseMeter(VirtualPeripheral):
     """Records behind a Record Access Control Point; pairing required (GLS 1.0 §2.5).
 
     `drop_after` makes the radio fail after that many records have been sent in
-    one connection, in the middle of a transfer.
+    one connection, in the middle of a transfer; with `quiet_after_drop` the
+    meter then stays silent (out of range) until `advertising_enabled` is set.
     """
 
     service_uuid = glucose.SERVICE_UUID
@@ -88,6 +89,10 @@ class GlucoseMeter(VirtualPeripheral):
     def __init__(self, air: VirtualAir, address: str, name: str) -> None:
         self.records: list[GlucoseRecord] = []
         self.drop_after: int | None = None
+        self.quiet_after_drop = False
+        #: highest sequence number a client has been sent: the meter advertises
+        #: while it holds newer records, like a meter after a new measurement
+        self.reported_up_to = 0
         self.sent_sequences: list[int] = []
         self.measurement: Characteristic[bytes] = Characteristic(
             short_uuid(glucose.MEASUREMENT_UUID),
@@ -124,7 +129,7 @@ class GlucoseMeter(VirtualPeripheral):
         ]
 
     def has_data(self) -> bool:
-        return bool(self.records)
+        return bool(self.records) and self.records[-1].sequence > self.reported_up_to
 
     async def measure(self, when: datetime, mg_dl: float) -> GlucoseRecord:
         sequence = self.records[-1].sequence + 1 if self.records else 1
@@ -179,10 +184,13 @@ class GlucoseMeter(VirtualPeripheral):
         for sent, record in enumerate(selected):
             if self.drop_after is not None and sent >= self.drop_after:
                 self.drop_after = None
+                if self.quiet_after_drop:
+                    self.advertising_enabled = False
                 await self.drop_link()
                 return
             await self.device.notify_subscriber(connection, self.measurement, record.encode())
             self.sent_sequences.append(record.sequence)
+            self.reported_up_to = max(self.reported_up_to, record.sequence)
         await self._respond(connection, request.op_code, racp.ResponseCode.SUCCESS)
 
     async def _respond(self, connection: Connection, op_code: int, code: int) -> None:

@@ -72,7 +72,8 @@ class BumbleAdapter:
             self._scanning_active = None
             if device is not None:
                 try:
-                    await asyncio.wait_for(device.power_off(), 2.0)
+                    async with asyncio.timeout(2.0):
+                        await device.power_off()
                 except Exception:
                     log.debug("bumble: power off failed", exc_info=True)
             if transport is not None:

@@ -100,7 +100,8 @@ class BumbleClient(BaseBleakClient):
         try:
             if pair:
                 await self.pair()
-            await asyncio.wait_for(self._discover(connection), self._timeout)
+            async with asyncio.timeout(self._timeout):
+                await self._discover(connection)
         except BaseException:
             await self.disconnect()
             raise
@@ -116,7 +117,8 @@ class BumbleClient(BaseBleakClient):
         if connection is None:
             return
         with contextlib.suppress(BaseBumbleError, asyncio.TimeoutError, ConnectionError):
-            await asyncio.wait_for(connection.disconnect(), 5.0)
+            async with asyncio.timeout(2.0):
+                await connection.disconnect()
         self._connection = None
 
     async def pair(self, *args: Any, **kwargs: Any) -> None:

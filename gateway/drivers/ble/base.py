@@ -1,0 +1,215 @@
+"""The common life of a BLE health device driver.
+
+Real devices advertise only after a measurement and drop the link soon after,
+so a driver loops: wait for its device's advertisement, connect (bounded
+timeout, a few quick retries with backoff via tenacity, one connection attempt
+at a time on the adapter), pair if the device needs it, write the current time
+where the device lets us, run the profile's session, disconnect.
+
+Nothing patient-related is logged at INFO or above: no values, no addresses.
+
+Bounded waits use `asyncio.timeout`, not `asyncio.wait_for`: on Python 3.11
+`wait_for` can swallow a cancellation that arrives as its inner task finishes,
+and a driver that misses the daemon's one cancel never stops.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+from datetime import datetime, timedelta
+from typing import ClassVar, Literal
+
+from bleak import BleakClient
+from bleak.backends.device import BLEDevice
+from bleak.exc import BleakError
+from pydantic import Field, field_validator
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from gateway.backoff import Backoff
+from gateway.drivers.base import Driver, DriverContext, DriverOptions
+from gateway.drivers.ble.profiles.date_time import (
+    CURRENT_TIME_UUID,
+    DATE_TIME_UUID,
+    encode_current_time,
+    encode_date_time,
+)
+from gateway.drivers.ble.runtime import BleRuntime
+from gateway.errors import DecodeError, DriverError
+
+MAC_PATTERN = r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$"
+CONNECT_ATTEMPTS = 3
+#: consecutive failed sessions before the driver reports itself failing
+FAILURES_BEFORE_ERROR = 5
+#: bound on a disconnect (the link may already be gone)
+DISCONNECT_S = 2.0
+#: a device clock this far ahead of the hub's is wrong; the hub's time is used
+FUTURE_TOLERANCE = timedelta(minutes=10)
+
+
+class BleOptions(DriverOptions):
+    address: str = Field(pattern=MAC_PATTERN, description="The device's Bluetooth address.")
+    pair: bool = Field(default=False, description="Pair (and bond) before reading.")
+    set_time: bool = Field(
+        default=True, description="Write the hub's time to the device's Current Time."
+    )
+    cooldown_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=3600,
+        description="After a visit, ignore the device's advertisements this long.",
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _upper(cls, value: str) -> str:
+        return value.upper()
+
+
+class BleDriver(Driver):
+    """Subclasses implement `session`: what to do once connected."""
+
+    Options: ClassVar[type[DriverOptions]] = BleOptions
+
+    def __init__(self, options: DriverOptions, context: DriverContext) -> None:
+        super().__init__(options, context)
+        self.decode_errors = 0
+        self._disconnected = asyncio.Event()
+
+    @property
+    def ble_options(self) -> BleOptions:
+        assert isinstance(self.options, BleOptions)
+        return self.options
+
+    async def run(self) -> None:
+        runtime = self.context.service(BleRuntime)
+        backoff = Backoff(0.5, 30.0)
+        log = self.context.logger
+        while True:
+            device = await runtime.wait_for_advertisement(self.ble_options.address)
+            log.debug("advertisement seen")
+            try:
+                complete = await self._visit(runtime, device)
+            except (BleakError, TimeoutError, EOFError, ConnectionError) as exc:
+                delay = backoff.next_delay()
+                log.warning(
+                    "connection failed (%s: %s); %d in a row, next try in %.1f s",
+                    type(exc).__name__,
+                    exc,
+                    backoff.failures,
+                    delay,
+                )
+                if backoff.failures >= FAILURES_BEFORE_ERROR:
+                    raise DriverError(
+                        f"{backoff.failures} connection attempts in a row failed: "
+                        f"{type(exc).__name__}"
+                    ) from exc
+                await asyncio.sleep(delay)
+                continue
+            backoff.reset()
+            if self.finished():
+                return
+            if complete:
+                # A device that keeps advertising must not be visited in a hot loop;
+                # an interrupted transfer is resumed at once.
+                await asyncio.sleep(self.ble_options.cooldown_s)
+
+    def finished(self) -> bool:
+        """Whether run() should return after a successful visit (finite tests)."""
+        return False
+
+    async def _connect(self, runtime: BleRuntime, device: BLEDevice) -> BleakClient:
+        disconnected = asyncio.Event()
+        self._disconnected = disconnected
+        async with runtime.connect_lock:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(CONNECT_ATTEMPTS),
+                wait=wait_exponential_jitter(multiplier=0.1, max=1.0, jitter=0.1),
+                retry=retry_if_exception_type((BleakError, TimeoutError)),
+                reraise=True,
+            ):
+                with attempt:
+                    client = runtime.client(
+                        device,
+                        pair=self.ble_options.pair,
+                        disconnected_callback=lambda _c: disconnected.set(),
+                    )
+                    await client.connect()
+        return client
+
+    async def _visit(self, runtime: BleRuntime, device: BLEDevice) -> bool:
+        client = await self._connect(runtime, device)
+        try:
+            if self.ble_options.set_time:
+                await self._set_time(client)
+            return await self.session(client, self._disconnected)
+        finally:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(DISCONNECT_S):
+                    await client.disconnect()
+
+    async def _set_time(self, client: BleakClient) -> None:
+        now = self.context.clock.now().replace(tzinfo=None)  # the device wants local time
+        for uuid, payload in (
+            (CURRENT_TIME_UUID, encode_current_time(now)),
+            (DATE_TIME_UUID, encode_date_time(now)),
+        ):
+            char = client.services.get_characteristic(uuid)
+            if char is not None and "write" in char.properties:
+                try:
+                    await client.write_gatt_char(char, payload, response=True)
+                    self.context.logger.debug("device time set")
+                except BleakError as exc:
+                    self.context.logger.warning("could not set the device's time: %s", exc)
+                return
+
+    @abc.abstractmethod
+    async def session(self, client: BleakClient, disconnected: asyncio.Event) -> bool:
+        """Read what the device has; return whether it completed (False: interrupted)."""
+
+    # -- helpers for sessions -----------------------------------------------------------------
+
+    def measured_at(
+        self, device_time: datetime | None
+    ) -> tuple[datetime, Literal["device", "hub"], tuple[str, ...]]:
+        """The device's local time in the hub's zone, or the hub's time when it has none."""
+        now = self.context.clock.now()
+        if device_time is None:
+            return now, "hub", ()
+        # A naive datetime's astimezone() takes it as the system's local time,
+        # the hub's zone, with the DST rule of that date.
+        aware = device_time.astimezone()
+        if aware - now > FUTURE_TOLERANCE:
+            return now, "hub", ("device_clock_ahead",)
+        return aware, "device", ()
+
+    def decode_failed(self, exc: DecodeError) -> None:
+        self.decode_errors += 1
+        self.context.logger.warning(
+            "undecodable data from the device (%d so far): %s", self.decode_errors, exc
+        )
+
+
+async def next_item(
+    queue: asyncio.Queue[bytes], disconnected: asyncio.Event, timeout_s: float
+) -> bytes | None:
+    """The next queued value; None when the device disconnected (and nothing is left) or idled."""
+    if not queue.empty():
+        return queue.get_nowait()
+    getter = asyncio.ensure_future(queue.get())
+    gone = asyncio.ensure_future(disconnected.wait())
+    try:
+        await asyncio.wait({getter, gone}, timeout=timeout_s, return_when="FIRST_COMPLETED")
+    finally:
+        gone.cancel()
+        if not getter.done():
+            getter.cancel()
+    if getter.done() and not getter.cancelled():
+        return getter.result()
+    return None

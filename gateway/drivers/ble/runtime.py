@@ -1,0 +1,139 @@
+"""What every BLE driver of one hub shares: the stack, one scanner, one connection at a time.
+
+Drivers use bleak's public API only (`BleakScanner`, `BleakClient`) and do not
+know which stack runs: the runtime supplies bleak's `backend=` and the Bumble
+adapter for `stack = "bumble"`, nothing for `stack = "bluez"`.
+
+One scanner serves all drivers: it runs while any driver waits for its
+device's advertisement. Connection attempts are serialised on the adapter
+(`connect_lock`): most controllers handle one pending LE connection at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from bleak import BleakClient, BleakScanner
+from bleak.backends.device import BLEDevice
+from bleak.backends.scanner import AdvertisementData
+
+from gateway.config import BleSection
+
+log = logging.getLogger(__name__)
+
+#: bound on stopping a scan (the stack may be gone)
+STOP_S = 2.0
+
+
+class BleRuntime:
+    def __init__(self, section: BleSection) -> None:
+        self.section = section
+        self.connect_lock = asyncio.Lock()
+        self._adapter: Any = None  # BumbleAdapter, imported only for stack = "bumble"
+        self._waiters: dict[str, list[asyncio.Future[BLEDevice]]] = {}
+        self._scanner: BleakScanner | None = None
+        self._scan_lock = asyncio.Lock()
+        self.advertisements_seen = 0
+
+    def _backend_kwargs(self, scanner: bool) -> dict[str, Any]:
+        if self.section.stack == "bluez":
+            return {}
+        # Bumble is imported only where it is used (stack = "bumble").
+        from gateway.drivers.ble.bumble import (  # noqa: PLC0415
+            BumbleAdapter,
+            BumbleClient,
+            BumbleScanner,
+        )
+
+        if self._adapter is None:
+            self._adapter = BumbleAdapter(self.section.transport)
+        backend = BumbleScanner if scanner else BumbleClient
+        return {"backend": backend, "bumble": self._adapter}
+
+    def scanner(self, callback: Any, service_uuids: list[str] | None = None) -> BleakScanner:
+        return BleakScanner(callback, service_uuids, **self._backend_kwargs(scanner=True))
+
+    def client(self, device: BLEDevice, *, pair: bool = False, **kwargs: Any) -> BleakClient:
+        return BleakClient(
+            device,
+            pair=pair,
+            timeout=self.section.connect_timeout_s,
+            **kwargs,
+            **self._backend_kwargs(scanner=False),
+        )
+
+    # -- one shared scan ---------------------------------------------------------------------
+
+    async def wait_for_advertisement(self, address: str) -> BLEDevice:
+        """Wait (without limit; cancel to stop) until `address` advertises."""
+        key = address.upper()
+        future: asyncio.Future[BLEDevice] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(key, []).append(future)
+        try:
+            # Shielded: a cancelled HCI command can leave a host waiting forever.
+            await asyncio.shield(self._ensure_scanning())
+            return await future
+        finally:
+            waiters = self._waiters.get(key, [])
+            if future in waiters:
+                waiters.remove(future)
+            if not waiters:
+                self._waiters.pop(key, None)
+            if not self._waiters:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(STOP_S):
+                        await asyncio.shield(self._stop_scanning_if_idle())
+
+    def _on_advertisement(self, device: BLEDevice, _adv: AdvertisementData) -> None:
+        self.advertisements_seen += 1
+        for future in self._waiters.get(device.address.upper(), []):
+            if not future.done():
+                future.set_result(device)
+
+    async def _ensure_scanning(self) -> None:
+        async with self._scan_lock:
+            if self._scanner is None:
+                scanner = self.scanner(self._on_advertisement)
+                await scanner.start()
+                self._scanner = scanner
+                log.debug("ble: scanning")
+
+    async def _stop_scanning_if_idle(self) -> None:
+        async with self._scan_lock:
+            if self._scanner is not None and not self._waiters:
+                scanner, self._scanner = self._scanner, None
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(STOP_S):
+                        await scanner.stop()
+                log.debug("ble: scanning stopped")
+
+    async def restart_scanning(self) -> None:
+        """First recovery stage when the scanner stops delivering advertisements."""
+        async with self._scan_lock:
+            if self._scanner is not None:
+                with contextlib.suppress(Exception):
+                    await self._scanner.stop()
+                await self._scanner.start()
+
+    async def reset_adapter(self) -> None:
+        """Second recovery stage: reopen the Bumble host (BlueZ: only scanning restarts)."""
+        async with self._scan_lock:
+            scanner, self._scanner = self._scanner, None
+            if scanner is not None:
+                with contextlib.suppress(Exception):
+                    await scanner.stop()
+            if self._adapter is not None:
+                await self._adapter.reset()
+        if self._waiters:
+            await self._ensure_scanning()
+
+    async def close(self) -> None:
+        for waiters in self._waiters.values():
+            for future in waiters:
+                future.cancel()
+        await self._stop_scanning_if_idle()
+        if self._adapter is not None:
+            await self._adapter.close()
