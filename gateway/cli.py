@@ -176,6 +176,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.config, seconds=args.seconds)
 
 
+# -- scan and simulate (Bluetooth LE) --------------------------------------------------
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from gateway.config import BleSection
+    from gateway.drivers.ble.runtime import BleRuntime
+    from gateway.drivers.ble.scan import report, scan
+
+    if args.transport:
+        section = BleSection(stack="bumble", transport=args.transport)
+    else:
+        section = _config_or_exit(args.config, DriverRegistry.from_entry_points()).ble
+    print(report(asyncio.run(scan(BleRuntime(section), args.seconds))))
+    return EX_OK
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from gateway.sim.ble.fleet import devices_toml, run_fleet
+
+    def ready(spec: str) -> None:
+        print('virtual BLE devices ready; in the hub\'s config:\n\n[ble]\nstack = "bumble"')
+        print(f'transport = "{spec}"\n\n{devices_toml()}', flush=True)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_fleet(
+            args.ble, interval_s=args.interval, seconds=args.seconds, ready=ready, stop=stop
+        )
+
+    asyncio.run(main())
+    return EX_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="homehub", description="Home hub for digital home follow-up."
@@ -213,6 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="print a JSON Schema")
     p.add_argument("which", choices=["config", "reading", "status"])
     p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("scan", help="list nearby BLE devices with a [[devices]] table each")
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, help="for its [ble]")
+    p.add_argument("--transport", help="scan with Bumble on this HCI transport instead")
+    p.add_argument("--seconds", type=float, default=10.0, help="how long to listen")
+    p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("simulate", help="virtual BLE devices on a Bumble transport")
+    p.add_argument("--ble", required=True, help="e.g. tcp-server:127.0.0.1:9000")
+    p.add_argument("--interval", type=float, default=60.0, help="seconds between measurements")
+    p.add_argument("--seconds", type=float, default=0.0, help="stop after S seconds (0 = never)")
+    p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("demo", help="private broker + simulated devices + listener")
     p.add_argument("--config", type=Path, help="default: the packaged demo config")
