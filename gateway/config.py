@@ -116,6 +116,13 @@ class BleSection(_Section):
         "tcp-client:127.0.0.1:9000.",
     )
     connect_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    scan_stall_s: float = Field(
+        default=600.0,
+        ge=0,
+        le=86400,
+        description="No advertisement at all this long while devices wait: restart scanning, "
+        "then reset the adapter, then report the devices failing. 0 = never.",
+    )
 
 
 class HubConfig(_Section):

@@ -200,3 +200,27 @@ async def test_glucose_records_once_across_drops_and_a_hub_restart(
     assert got == [90.0 + i for i in range(50)]
     assert {d["values"][0]["code"] for d in docs} == {"MDC_CONC_GLU_CAPILLARY_WHOLEBLOOD"}
     assert all(d["values"][0]["unit"] == "mg/dL" for d in docs)
+
+
+async def test_garbage_is_logged_and_counted_and_the_connection_goes_on(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    air: Air,
+    listener_factory: Callable[..., Listener],
+    caplog: Any,
+) -> None:
+    listener = listener_factory(broker.port)
+    bp = BloodPressureMonitor(air.air, "C0:00:00:00:00:0C", "BP")
+    await bp.start()
+    await bp.measure(bytes.fromhex("1e7800"))  # truncated
+    await bp.measure(encode.blood_pressure(118, 76, 90, when=WHEN))
+    devices = [{"id": "bp", "driver": "ble.blood_pressure", "address": bp.address}]
+    with caplog.at_level("WARNING", logger="gateway.device.bp"):
+        async with running_hub(tmp_path, broker, air, devices):
+            docs = await wait_readings(listener, 1)
+            await asyncio.wait_for(bp.disconnected.wait(), 5)
+    assert values(docs[0])["MDC_PRESS_BLD_NONINV_SYS"] == (118.0, "mm[Hg]")
+    warnings = [r.getMessage() for r in caplog.records if r.name == "gateway.device.bp"]
+    assert any("undecodable" in w and "(1 so far)" in w for w in warnings), warnings
+    # Logs never carry the patient's values or the device's address.
+    assert not any("118" in w or bp.address in w for w in warnings)

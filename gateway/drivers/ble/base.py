@@ -92,6 +92,7 @@ class BleDriver(Driver):
         backoff = Backoff(0.5, 30.0)
         log = self.context.logger
         while True:
+            _honour_cancellation()
             device = await runtime.wait_for_advertisement(self.ble_options.address)
             log.debug("advertisement seen")
             try:
@@ -194,6 +195,15 @@ class BleDriver(Driver):
         self.context.logger.warning(
             "undecodable data from the device (%d so far): %s", self.decode_errors, exc
         )
+
+
+def _honour_cancellation() -> None:
+    """Raise if this task was asked to stop: Python 3.11's `asyncio.wait_for`, used
+    inside Bumble and bleak, can swallow a cancellation that races its inner
+    task, and the daemon cancels a driver only once."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def next_item(

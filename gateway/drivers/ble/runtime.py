@@ -5,8 +5,12 @@ know which stack runs: the runtime supplies bleak's `backend=` and the Bumble
 adapter for `stack = "bumble"`, nothing for `stack = "bluez"`.
 
 One scanner serves all drivers: it runs while any driver waits for its
-device's advertisement. Connection attempts are serialised on the adapter
-(`connect_lock`): most controllers handle one pending LE connection at a time.
+device's advertisement. A watchdog notices a scanner that stops delivering
+advertisements (none at all for `scan_stall_s`) and answers in stages: restart
+scanning, then reset the adapter, then fail the waiting drivers with a
+DriverError, so the daemon shows them failing in the status and restarts them.
+Connection attempts are serialised on the adapter (`connect_lock`): most
+controllers handle one pending LE connection at a time.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 
 from gateway.config import BleSection
+from gateway.errors import DriverError
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +42,10 @@ class BleRuntime:
         self._scanner: BleakScanner | None = None
         self._scan_lock = asyncio.Lock()
         self.advertisements_seen = 0
+        self._last_advertisement = 0.0
+        self._watchdog: asyncio.Task[None] | None = None
+        #: recovery stages taken since the last advertisement (0: healthy)
+        self.stall_stage = 0
 
     def _backend_kwargs(self, scanner: bool) -> dict[str, Any]:
         if self.section.stack == "bluez":
@@ -89,6 +98,10 @@ class BleRuntime:
 
     def _on_advertisement(self, device: BLEDevice, _adv: AdvertisementData) -> None:
         self.advertisements_seen += 1
+        self._last_advertisement = asyncio.get_running_loop().time()
+        if self.stall_stage:
+            log.warning("ble: advertisements arrive again")
+            self.stall_stage = 0
         for future in self._waiters.get(device.address.upper(), []):
             if not future.done():
                 future.set_result(device)
@@ -99,7 +112,10 @@ class BleRuntime:
                 scanner = self.scanner(self._on_advertisement)
                 await scanner.start()
                 self._scanner = scanner
+                self._last_advertisement = asyncio.get_running_loop().time()
                 log.debug("ble: scanning")
+                if self.section.scan_stall_s > 0 and self._watchdog is None:
+                    self._watchdog = asyncio.create_task(self._watch(), name="ble-watchdog")
 
     async def _stop_scanning_if_idle(self) -> None:
         async with self._scan_lock:
@@ -109,6 +125,43 @@ class BleRuntime:
                     async with asyncio.timeout(STOP_S):
                         await scanner.stop()
                 log.debug("ble: scanning stopped")
+
+    async def _watch(self) -> None:
+        """Staged recovery when no advertisement arrives while drivers wait."""
+        stall_s = self.section.scan_stall_s
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(stall_s / 4, 5.0))
+            if not self._waiters:
+                continue
+            quiet = loop.time() - self._last_advertisement
+            stage = int(quiet // stall_s)
+            if stage <= self.stall_stage:
+                continue
+            self.stall_stage = stage
+            try:
+                if stage == 1:
+                    log.warning("ble: no advertisement for %.0f s; restarting the scan", quiet)
+                    async with asyncio.timeout(STOP_S * 2):
+                        await self.restart_scanning()
+                    continue
+                if stage == 2:
+                    log.error("ble: no advertisement for %.0f s; resetting the adapter", quiet)
+                    async with asyncio.timeout(STOP_S * 4):
+                        await self.reset_adapter()
+                    continue
+            except Exception as exc:
+                log.error("ble: recovery stage %d failed: %s", stage, exc)
+                continue
+            if stage >= 3:
+                log.error("ble: scanner stalled for %.0f s; reporting the devices failing", quiet)
+                error = DriverError(f"BLE scanner delivered no advertisement for {quiet:.0f} s")
+                for waiters in self._waiters.values():
+                    for future in waiters:
+                        if not future.done():
+                            future.set_exception(error)
+                self._last_advertisement = loop.time()
+                self.stall_stage = 0
 
     async def restart_scanning(self) -> None:
         """First recovery stage when the scanner stops delivering advertisements."""
@@ -131,6 +184,10 @@ class BleRuntime:
             await self._ensure_scanning()
 
     async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
+            self._watchdog = None
         for waiters in self._waiters.values():
             for future in waiters:
                 future.cancel()
