@@ -173,7 +173,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.sim.demo import run_demo
 
-    return run_demo(args.config, seconds=args.seconds)
+    return run_demo(args.config, seconds=args.seconds, ble=args.ble)
 
 
 # -- scan and simulate (Bluetooth LE) --------------------------------------------------
@@ -265,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="private broker + simulated devices + listener")
     p.add_argument("--config", type=Path, help="default: the packaged demo config")
     p.add_argument("--seconds", type=float, default=0.0, help="stop after S seconds (0 = Ctrl-C)")
+    p.add_argument("--ble", action="store_true", help="add virtual BLE devices (Bumble stack)")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -45,7 +45,49 @@ def _await_subscription(listener: subprocess.Popen[str], timeout_s: float = 15.0
         raise GatewayError("the demo listener did not subscribe to the broker")
 
 
-def run_demo(config_path: Path | None, *, seconds: float = 0.0) -> int:
+def _start_ble_simulator(data: dict[str, object]) -> subprocess.Popen[str]:
+    """`homehub simulate --ble` on a free port; the hub reads it with stack = "bumble"."""
+    from gateway.sim.ble.fleet import FLEET
+    from gateway.sim.broker import free_port
+
+    port = free_port()
+    simulator = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "--log-level", "WARNING", "simulate",
+         "--ble", f"tcp-server:127.0.0.1:{port}", "--interval", "10"],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert simulator.stdout is not None
+    for line in simulator.stdout:
+        if "virtual BLE devices ready" in line:
+            break
+    else:
+        raise GatewayError("the virtual BLE devices did not start")
+    threading.Thread(target=simulator.stdout.read, daemon=True).start()  # drain
+    data["ble"] = {"stack": "bumble", "transport": f"tcp-client:127.0.0.1:{port}"}
+    devices = data.setdefault("devices", [])
+    assert isinstance(devices, list)
+    for entry in FLEET:
+        device: dict[str, object] = {"id": f"ble-{entry.device_id}", "driver": entry.driver}
+        device["address"] = entry.address
+        if entry.driver == "ble.heart_rate":
+            device["interval_s"] = 10.0
+        devices.append(device)
+    return simulator
+
+
+def _stop(process: subprocess.Popen[str] | None) -> None:
+    if process is None:
+        return
+    process.send_signal(signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=5)
+    if process.poll() is None:
+        process.kill()
+
+
+def run_demo(config_path: Path | None, *, seconds: float = 0.0, ble: bool = False) -> int:
     from gateway.daemon import Hub
 
     registry = DriverRegistry.from_entry_points()
@@ -55,15 +97,18 @@ def run_demo(config_path: Path | None, *, seconds: float = 0.0) -> int:
         data = tomllib.loads(_demo_config_text(config_path))
         data.setdefault("gateway", {})["state_dir"] = str(workdir / "state")
         data.setdefault("mqtt", {}).update(host="127.0.0.1", port=broker.port)
+        simulator = _start_ble_simulator(data) if ble else None
         try:
             config = validate_config(data, registry)
         except ConfigError as exc:
+            _stop(simulator)
             for problem in exc.problems:
                 print(f"demo config: {problem}", file=sys.stderr)
             return EX_CONFIG
         try:
             broker.start()
         except GatewayError as exc:
+            _stop(simulator)
             print(f"demo: {exc}", file=sys.stderr)
             return 1
         print(
@@ -105,5 +150,6 @@ def run_demo(config_path: Path | None, *, seconds: float = 0.0) -> int:
                 listener.wait(timeout=5)
             if listener.poll() is None:
                 listener.kill()
+            _stop(simulator)
             broker.stop()
     return 0

@@ -88,3 +88,16 @@ def test_hub_process_reads_the_simulator(
     assert code == 0, output.all[-20:]
     kinds = {d["device"]["driver"]: d["kind"] for d in docs}
     assert set(kinds) >= {e.driver for e in FLEET}, (kinds, output.all[-20:])
+
+
+def test_demo_with_ble_shows_every_virtual_device() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "demo", "--ble", "--seconds", "6"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for entry in FLEET:
+        assert f"demo-hub/ble-{entry.device_id} " in result.stdout, result.stdout[-3000:]

@@ -99,13 +99,14 @@ class BleDriver(Driver):
                 complete = await self._visit(runtime, device)
             except (BleakError, TimeoutError, EOFError, ConnectionError) as exc:
                 delay = backoff.next_delay()
+                # The type only: stack messages may name the device's address.
                 log.warning(
-                    "connection failed (%s: %s); %d in a row, next try in %.1f s",
+                    "connection failed (%s); %d in a row, next try in %.1f s",
                     type(exc).__name__,
-                    exc,
                     backoff.failures,
                     delay,
                 )
+                log.debug("connection failure detail: %s", exc)
                 if backoff.failures >= FAILURES_BEFORE_ERROR:
                     raise DriverError(
                         f"{backoff.failures} connection attempts in a row failed: "
@@ -167,7 +168,9 @@ class BleDriver(Driver):
                     await client.write_gatt_char(char, payload, response=True)
                     self.context.logger.debug("device time set")
                 except BleakError as exc:
-                    self.context.logger.warning("could not set the device's time: %s", exc)
+                    self.context.logger.warning(
+                        "could not set the device's time (%s)", type(exc).__name__
+                    )
                 return
 
     @abc.abstractmethod
