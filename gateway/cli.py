@@ -40,13 +40,33 @@ def _config_or_exit(path: Path, registry: DriverRegistry) -> HubConfig:
 # -- run -----------------------------------------------------------------------------
 
 
-async def _run_hub(config: HubConfig, registry: DriverRegistry) -> None:
+async def _run_hub(config: HubConfig, registry: DriverRegistry, path: Path) -> None:
     from gateway.daemon import Hub
+    from gateway.sdnotify import SystemdNotifier
 
-    hub = Hub(config, registry)
+    hub = Hub(config, registry, notifier=SystemdNotifier())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, hub.stop)
+    reloads: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        # Issue 6: validate first; an invalid new config is logged, the old one kept.
+        try:
+            new = await loop.run_in_executor(None, load_config, path, registry)
+        except ConfigError as exc:
+            log.error("reload: %s is invalid; keeping the running config", path)
+            for problem in exc.problems:
+                log.error("reload:   %s", problem)
+            return
+        await hub.reload(new)
+
+    def on_sighup() -> None:
+        task = loop.create_task(reload(), name="reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     await hub.run()
 
 
@@ -54,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     registry = DriverRegistry.from_entry_points()
     config = _config_or_exit(args.config, registry)  # exits 78 before touching anything
     try:
-        asyncio.run(_run_hub(config, registry))
+        asyncio.run(_run_hub(config, registry, args.config))
     except GatewayError as exc:
         log.critical("homehub cannot run: %s", exc)
         return EX_FAIL

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 
 from pydantic import ValidationError
 
@@ -38,6 +37,7 @@ from gateway.events import (
     UplinkUp,
 )
 from gateway.reading import Reading
+from gateway.sdnotify import SystemdNotifier
 from gateway.status import DeviceStatus, StatusTracker
 from gateway.store import Store
 from gateway.uplink.mqtt import MqttUplink
@@ -75,7 +75,7 @@ class Hub:
         *,
         clock: Clock | None = None,
         events: EventBus | None = None,
-        on_ready: Callable[[], None] | None = None,
+        notifier: SystemdNotifier | None = None,
         max_page_count: int | None = None,
     ) -> None:
         self.config = config
@@ -83,12 +83,14 @@ class Hub:
         self.clock: Clock = clock or SystemClock()
         self.events = events or EventBus()
         self.status = StatusTracker(gateway_id=config.gateway.id)
-        self._on_ready = on_ready
+        self.notifier = notifier or SystemdNotifier(environ={})
         self._max_page_count = max_page_count
         self._stop = asyncio.Event()
         self.store: Store | None = None
         self.uplink: MqttUplink | None = None
+        self._uplink_task: asyncio.Task[None] | None = None
         self._driver_tasks: dict[str, asyncio.Task[None]] = {}
+        self._reload_lock = asyncio.Lock()
 
     def stop(self) -> None:
         """Ask the hub to stop; `run()` returns once it has shut down cleanly."""
@@ -105,53 +107,136 @@ class Hub:
             on_dropped=self._on_dropped,
         )
         self.store = store
-        uplink = MqttUplink(
-            cfg.mqtt,
-            gateway_id=cfg.gateway.id,
-            client_id=cfg.client_id,
-            store=store,
-            events=self.events,
-            status_document=self._status_payload,
-            version=__version__,
-        )
-        self.uplink = uplink
         self.events.subscribe(self._track_uplink)
-        background = [
-            asyncio.create_task(uplink.run(), name="uplink"),
-            asyncio.create_task(self._housekeeping(), name="housekeeping"),
-        ]
+        self._start_uplink(cfg)
+        background = [asyncio.create_task(self._housekeeping(), name="housekeeping")]
+        if self.notifier.watchdog_interval_s is not None:
+            background.append(asyncio.create_task(self._watchdog(), name="watchdog"))
         for options in cfg.devices:
-            self.status.devices[options.id] = DeviceStatus(driver=options.driver)
-            self._driver_tasks[options.id] = asyncio.create_task(
-                self._supervise(options), name=f"driver-{options.id}"
-            )
+            self._start_driver(options)
         log.info(
             "homehub %s started: gateway %s, %d device(s)",
             __version__,
             cfg.gateway.id,
             len(cfg.devices),
         )
-        if self._on_ready is not None:
-            self._on_ready()
+        # Issue 6: READY=1 only once the config is valid and the store is open.
+        self.notifier.ready(f"running with {len(cfg.devices)} device(s)")
         try:
             await self._stop.wait()
         finally:
-            await self._shutdown(store, uplink, background)
+            self.notifier.stopping()
+            await self._shutdown(store, background)
 
-    async def _shutdown(
-        self, store: Store, uplink: MqttUplink, background: list[asyncio.Task[None]]
-    ) -> None:
+    async def _shutdown(self, store: Store, background: list[asyncio.Task[None]]) -> None:
         log.info("stopping: drivers first, then the uplink, then the store")
         for task in self._driver_tasks.values():
             task.cancel()
         await asyncio.gather(*self._driver_tasks.values(), return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(uplink.stop(UPLINK_GRACE_S), UPLINK_GRACE_S + 1.5)
+        await self._stop_uplink()
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         await store.close()
         log.info("stopped")
+
+    def _start_uplink(self, cfg: HubConfig) -> None:
+        assert self.store is not None
+        self.uplink = MqttUplink(
+            cfg.mqtt,
+            gateway_id=cfg.gateway.id,
+            client_id=cfg.client_id,
+            store=self.store,
+            events=self.events,
+            status_document=self._status_payload,
+            version=__version__,
+        )
+        self._uplink_task = asyncio.create_task(self.uplink.run(), name="uplink")
+
+    async def _stop_uplink(self) -> None:
+        uplink, task = self.uplink, self._uplink_task
+        if uplink is None or task is None:
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(uplink.stop(UPLINK_GRACE_S), UPLINK_GRACE_S + 1.5)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        self.uplink, self._uplink_task = None, None
+
+    def _start_driver(self, options: DriverOptions) -> None:
+        self.status.devices[options.id] = DeviceStatus(driver=options.driver)
+        self._driver_tasks[options.id] = asyncio.create_task(
+            self._supervise(options), name=f"driver-{options.id}"
+        )
+
+    async def _stop_driver(self, device_id: str) -> None:
+        task = self._driver_tasks.pop(device_id, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self.status.devices.pop(device_id, None)
+
+    # -- reload (SIGHUP) -----------------------------------------------------------
+
+    async def reload(self, new: HubConfig) -> None:
+        """Apply a validated new config: devices and [mqtt] take effect at once.
+
+        A removed or changed device's driver is cancelled; anything it had
+        handed to `emit` is committed regardless (the store's batch completes),
+        and what it had not yet emitted its device still holds. [gateway] and
+        [store] are where readings live and under which ids: they change only
+        with a restart.
+        """
+        if self.store is None or self._stop.is_set():
+            log.warning("reload: the hub is not running (yet); ignored")
+            return
+        async with self._reload_lock:
+            self.notifier.reloading()
+            old = self.config
+            if new.gateway != old.gateway or new.store != old.store:
+                log.warning("reload: [gateway] and [store] changes take effect on restart only")
+                new = new.model_copy(update={"gateway": old.gateway, "store": old.store})
+            old_devices = {d.id: d for d in old.devices}
+            new_devices = {d.id: d for d in new.devices}
+            for device_id, options in old_devices.items():
+                if new_devices.get(device_id) != options:
+                    await self._stop_driver(device_id)
+            self.config = new
+            if new.mqtt != old.mqtt or new.client_id != old.client_id:
+                log.info("reload: broker settings changed; reconnecting")
+                await self._stop_uplink()
+                self._start_uplink(new)
+            for device_id, options in new_devices.items():
+                if old_devices.get(device_id) != options:
+                    self._start_driver(options)
+            added = len(new_devices.keys() - old_devices.keys())
+            removed = len(old_devices.keys() - new_devices.keys())
+            log.info(
+                "reload: %d device(s) now, %d added, %d removed", len(new_devices), added, removed
+            )
+            self._status_changed()
+            self.notifier.ready(f"running with {len(new_devices)} device(s)")
+
+    # -- watchdog ------------------------------------------------------------------
+
+    async def _watchdog(self) -> None:
+        """WATCHDOG=1 from the event loop itself, and only while the store answers.
+
+        A blocked loop cannot run this task, and a store thread stuck on a dead
+        SD card does not answer the ping: either way the pings stop and systemd
+        restarts the service (WatchdogSec=).
+        """
+        interval = self.notifier.watchdog_interval_s
+        assert interval is not None and self.store is not None
+        tick = interval / 2  # sd_watchdog_enabled(3): ping at half the interval
+        while True:
+            try:
+                await asyncio.wait_for(self.store.ping(), tick)
+            except Exception as exc:
+                log.error("watchdog: the store did not answer (%s); not petting the watchdog", exc)
+            else:
+                self.notifier.watchdog()
+            await asyncio.sleep(tick)
 
     # -- drivers -----------------------------------------------------------------
 
