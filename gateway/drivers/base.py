@@ -26,7 +26,8 @@ ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 class DriverOptions(BaseModel):
     """Keys every `[[devices]]` table has. Drivers subclass this with their own keys."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `interval_s = inf` is a typo, never a setting.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     id: str = Field(pattern=ID_PATTERN, description="Device id, unique in this hub; used in topics.")
     driver: str = Field(description="Driver name from the homehub.drivers entry-point group.")
