@@ -119,7 +119,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     now = time.time()
     oldest_age = None if stats.oldest_unsent_at is None else round(now - stats.oldest_unsent_at, 1)
     devices = {
-        device.id: {"driver": device.driver, "last_reading_at": iso_utc(stats.devices.get(device.id))}
+        device.id: {
+            "driver": device.driver,
+            "last_reading_at": iso_utc(stats.devices.get(device.id)),
+        }
         for device in config.devices
     }
     if args.json:
@@ -143,7 +146,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if stats.dropped:
         print(f"DROPPED        {stats.dropped} readings (store bound reached)")
     for device_id, info in devices.items():
-        print(f"device {device_id:<12} {info['driver']:<24} last reading {info['last_reading_at'] or 'never'}")
+        last = info["last_reading_at"] or "never"
+        print(f"device {device_id:<12} {info['driver']:<24} last reading {last}")
     return EX_OK
 
 

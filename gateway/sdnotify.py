@@ -48,7 +48,9 @@ class SystemdNotifier:
             return False
         try:
             if self._socket is None:
-                self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                self._socket = socket.socket(
+                    socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
+                )
             self._socket.sendto("\n".join(fields).encode(), self._address)
         except OSError as exc:
             log.warning("sd_notify failed: %s", exc)

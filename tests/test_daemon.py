@@ -110,7 +110,9 @@ async def test_failing_driver_is_restarted_with_backoff_and_reported(
 
 
 async def test_full_disk_keeps_the_daemon_alive_and_the_file_sound(
-    tmp_path: Path, broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setattr("gateway.daemon.DRIVER_BACKOFF_INITIAL_S", 0.05)
@@ -120,8 +122,9 @@ async def test_full_disk_keeps_the_daemon_alive_and_the_file_sound(
         tmp_path / "hub.toml",
         broker=broker,
         state_dir=tmp_path / "state",
-        devices=[{"id": "bp-1", "driver": "simulated", "kind": "blood_pressure",
-                  "interval_s": 0.0}],
+        devices=[
+            {"id": "bp-1", "driver": "simulated", "kind": "blood_pressure", "interval_s": 0.0}
+        ],
         store={"retention_hours": 24.0},
     )
     events = EventBus()
@@ -156,8 +159,15 @@ async def test_store_bound_drops_oldest_loudly(
         tmp_path / "hub.toml",
         broker=None,
         state_dir=tmp_path / "state",
-        devices=[{"id": "oxi-1", "driver": "simulated", "kind": "pulse_oximeter",
-                  "interval_s": 0.0, "count": 150}],
+        devices=[
+            {
+                "id": "oxi-1",
+                "driver": "simulated",
+                "kind": "pulse_oximeter",
+                "interval_s": 0.0,
+                "count": 150,
+            }
+        ],
         mqtt={"port": free_port(), "reconnect_min_s": 0.5},
         store={"max_readings": 100},
     )

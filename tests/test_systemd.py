@@ -130,7 +130,7 @@ async def test_blocked_event_loop_stops_the_watchdog_pings(
     try:
         await asyncio.to_thread(receiver.wait_for, "WATCHDOG=1", 5, 2)
         blocked_from = time.monotonic()
-        time.sleep(1.0)  # noqa: ASYNC251 - blocking the loop is the point of this test
+        time.sleep(1.0)
         blocked_to = time.monotonic()
         resumed = await asyncio.to_thread(
             receiver.wait_for, "WATCHDOG=1", 5, len(receiver.times("WATCHDOG=1")) + 1
@@ -148,10 +148,20 @@ def test_sighup_adds_a_device_without_losing_a_reading_and_ignores_a_bad_config(
 ) -> None:
     state = tmp_path / "state"
     config = tmp_path / "hub.toml"
-    device_a = {"id": "a-1", "driver": "simulated", "kind": "weight", "interval_s": 0.01,
-                "count": 300}
-    device_b = {"id": "b-1", "driver": "simulated", "kind": "temperature", "interval_s": 0.01,
-                "count": 20}
+    device_a = {
+        "id": "a-1",
+        "driver": "simulated",
+        "kind": "weight",
+        "interval_s": 0.01,
+        "count": 300,
+    }
+    device_b = {
+        "id": "b-1",
+        "driver": "simulated",
+        "kind": "temperature",
+        "interval_s": 0.01,
+        "count": 20,
+    }
     write_config(config, broker=broker, state_dir=state, devices=[device_a])
     listener = listener_factory(broker.port)
     hub = run_hub(config, {})
@@ -162,7 +172,7 @@ def test_sighup_adds_a_device_without_losing_a_reading_and_ignores_a_bad_config(
         hub.send_signal(signal.SIGHUP)
         out.wait_for("reload: 2 device(s) now, 1 added, 0 removed", 10)
         readings = listener.wait_for(320, timeout_s=60)
-        config.write_text(config.read_text() + "\n[[devices]]\nid = \"a-1\"\n")
+        config.write_text(config.read_text() + '\n[[devices]]\nid = "a-1"\n')
         hub.send_signal(signal.SIGHUP)
         out.wait_for("keeping the running config", 10)
         assert hub.poll() is None, "an invalid reload took the hub down"
@@ -183,7 +193,9 @@ def test_journald_lines_carry_priority_and_no_timestamp(tmp_path: Path) -> None:
     from gateway.sim.broker import free_port
 
     config = write_config(
-        tmp_path / "hub.toml", broker=None, state_dir=tmp_path / "state",
+        tmp_path / "hub.toml",
+        broker=None,
+        state_dir=tmp_path / "state",
         mqtt={"port": free_port()},
     )
     hub = run_hub(config, {"JOURNAL_STREAM": "8:12345"})
@@ -221,9 +233,16 @@ def test_unit_verifies_with_the_program_path_resolvable(tmp_path: Path) -> None:
 @needs_systemd_analyze
 def test_unit_exposure_is_at_most_2_5() -> None:
     result = subprocess.run(
-        ["systemd-analyze", "security", "--offline=true", "--threshold=25",
-         str(REPO / "systemd" / "homehub.service")],
-        capture_output=True, text=True, timeout=60,
+        [
+            "systemd-analyze",
+            "security",
+            "--offline=true",
+            "--threshold=25",
+            str(REPO / "systemd" / "homehub.service"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr
     assert "Overall exposure level for homehub.service: " in result.stdout
@@ -231,8 +250,15 @@ def test_unit_exposure_is_at_most_2_5() -> None:
     assert level <= 2.5
     # Devices and address families it must keep, whatever the hardening.
     unit = (REPO / "systemd" / "homehub.service").read_text()
-    for needed in ("char-ttyUSB", "char-ttyACM", "char-gpiochip", "AF_BLUETOOTH",
-                   "RestartPreventExitStatus=78", "Type=notify", "WatchdogSec="):
+    for needed in (
+        "char-ttyUSB",
+        "char-ttyACM",
+        "char-gpiochip",
+        "AF_BLUETOOTH",
+        "RestartPreventExitStatus=78",
+        "Type=notify",
+        "WatchdogSec=",
+    ):
         assert needed in unit
     assert "PrivateDevices=yes" not in unit and "DynamicUser=yes" not in unit
 
@@ -248,8 +274,14 @@ def test_make_install_into_a_root_keeps_config_and_uninstall_keeps_data(tmp_path
     env = {**os.environ, "ROOT": str(root), "PIP_NO_DEPS": "1"}
 
     def install() -> str:
-        result = subprocess.run(["bash", "scripts/install.sh"], cwd=REPO, env=env,
-                                capture_output=True, text=True, timeout=200)
+        result = subprocess.run(
+            ["bash", "scripts/install.sh"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=200,
+        )
         assert result.returncode == 0, result.stdout[-1500:] + result.stderr[-1500:]
         return result.stdout
 
@@ -268,8 +300,14 @@ def test_make_install_into_a_root_keeps_config_and_uninstall_keeps_data(tmp_path
     assert "kept the existing /etc/homehub/homehub.toml" in install()
     assert "the installer's own edit" in config.read_text()
 
-    result = subprocess.run(["bash", "scripts/uninstall.sh"], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["bash", "scripts/uninstall.sh"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert not (root / "opt/homehub").exists()
     assert not (root / "etc/systemd/system/homehub.service").exists()

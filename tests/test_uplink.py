@@ -72,7 +72,9 @@ class StatusWatcher:
         self.docs.append(doc)
         self._changed.set()
 
-    async def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout_s: float) -> dict[str, Any]:
+    async def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout_s: float
+    ) -> dict[str, Any]:
         async with asyncio.timeout(timeout_s):
             while True:
                 for doc in self.docs:
@@ -95,8 +97,15 @@ async def test_refused_publish_stays_unsent_and_backs_off(
         tmp_path / "hub.toml",
         broker=broker,
         state_dir=tmp_path / "state",
-        devices=[{"id": "bp-1", "driver": "simulated", "kind": "blood_pressure",
-                  "interval_s": 0.0, "count": 5}],
+        devices=[
+            {
+                "id": "bp-1",
+                "driver": "simulated",
+                "kind": "blood_pressure",
+                "interval_s": 0.0,
+                "count": 5,
+            }
+        ],
         mqtt={"status_interval_s": 1.0, "reconnect_min_s": 0.1},
     )
     events = EventBus()
@@ -187,10 +196,22 @@ async def test_silent_link_noticed_within_two_keepalives_and_recovers(
         tmp_path / "hub.toml",
         broker=None,
         state_dir=tmp_path / "state",
-        devices=[{"id": "oxi-1", "driver": "simulated", "kind": "pulse_oximeter",
-                  "interval_s": 0.5, "count": 0}],
-        mqtt={"port": proxy.port, "keepalive_s": keepalive, "reconnect_min_s": 0.1,
-              "reconnect_max_s": 0.5, "connect_timeout_s": 2.0},
+        devices=[
+            {
+                "id": "oxi-1",
+                "driver": "simulated",
+                "kind": "pulse_oximeter",
+                "interval_s": 0.5,
+                "count": 0,
+            }
+        ],
+        mqtt={
+            "port": proxy.port,
+            "keepalive_s": keepalive,
+            "reconnect_min_s": 0.1,
+            "reconnect_max_s": 0.5,
+            "connect_timeout_s": 2.0,
+        },
     )
     events = EventBus()
     queue, _ = events.queue()
@@ -218,8 +239,9 @@ async def test_inflight_window_is_never_exceeded(tmp_path: Path, broker: Mosquit
         tmp_path / "hub.toml",
         broker=broker,
         state_dir=tmp_path / "state",
-        devices=[{"id": "w-1", "driver": "simulated", "kind": "weight",
-                  "interval_s": 0.0, "count": 300}],
+        devices=[
+            {"id": "w-1", "driver": "simulated", "kind": "weight", "interval_s": 0.0, "count": 300}
+        ],
         mqtt={"max_inflight": window},
     )
     events = EventBus()

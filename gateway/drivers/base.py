@@ -29,7 +29,9 @@ class DriverOptions(BaseModel):
     # allow_inf_nan=False: `interval_s = inf` is a typo, never a setting.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    id: str = Field(pattern=ID_PATTERN, description="Device id, unique in this hub; used in topics.")
+    id: str = Field(
+        pattern=ID_PATTERN, description="Device id, unique in this hub; used in topics."
+    )
     driver: str = Field(description="Driver name from the homehub.drivers entry-point group.")
 
 

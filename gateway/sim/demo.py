@@ -73,8 +73,18 @@ def run_demo(config_path: Path | None, *, seconds: float = 0.0) -> int:
             flush=True,
         )
         listener = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "--log-level", "WARNING", "listen",
-             "--port", str(broker.port), "--prefix", config.mqtt.topic_prefix],
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "--log-level",
+                "WARNING",
+                "listen",
+                "--port",
+                str(broker.port),
+                "--prefix",
+                config.mqtt.topic_prefix,
+            ],
             stderr=subprocess.PIPE,
             text=True,
             # Its own process group: Ctrl-C reaches it through us, in order.

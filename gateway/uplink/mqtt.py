@@ -192,7 +192,9 @@ class MqttUplink:
     def _status_topic(self) -> str:
         return status_topic(self._settings.topic_prefix, self._gateway_id)
 
-    def _make_client(self, loop: asyncio.AbstractEventLoop, lost: asyncio.Future[str]) -> paho.Client:
+    def _make_client(
+        self, loop: asyncio.AbstractEventLoop, lost: asyncio.Future[str]
+    ) -> paho.Client:
         s = self._settings
         client = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
