@@ -40,7 +40,7 @@ def _config_or_exit(path: Path, registry: DriverRegistry) -> HubConfig:
 # -- run -----------------------------------------------------------------------------
 
 
-async def _run_hub(config: HubConfig, registry: DriverRegistry, path: Path) -> None:
+async def _run_hub(config: HubConfig, registry: DriverRegistry, path: Path) -> int:
     from gateway.daemon import Hub
     from gateway.sdnotify import SystemdNotifier
 
@@ -68,17 +68,17 @@ async def _run_hub(config: HubConfig, registry: DriverRegistry, path: Path) -> N
 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
     await hub.run()
+    return hub.exit_code
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     registry = DriverRegistry.from_entry_points()
     config = _config_or_exit(args.config, registry)  # exits 78 before touching anything
     try:
-        asyncio.run(_run_hub(config, registry, args.config))
+        return asyncio.run(_run_hub(config, registry, args.config))
     except GatewayError as exc:
         log.critical("homehub cannot run: %s", exc)
         return EX_FAIL
-    return EX_OK
 
 
 # -- check-config --------------------------------------------------------------------

@@ -91,6 +91,8 @@ class Hub:
         self._uplink_task: asyncio.Task[None] | None = None
         self._driver_tasks: dict[str, asyncio.Task[None]] = {}
         self._reload_lock = asyncio.Lock()
+        #: 0 after a requested stop; 1 when the hub stopped itself because a part failed.
+        self.exit_code = 0
 
     def stop(self) -> None:
         """Ask the hub to stop; `run()` returns once it has shut down cleanly."""
@@ -105,6 +107,7 @@ class Hub:
             max_readings=cfg.store.max_readings,
             max_page_count=self._max_page_count,
             on_dropped=self._on_dropped,
+            on_committed=self._on_committed,
         )
         self.store = store
         self.events.subscribe(self._track_uplink)
@@ -129,6 +132,11 @@ class Hub:
             await self._shutdown(store, background)
 
     async def _shutdown(self, store: Store, background: list[asyncio.Task[None]]) -> None:
+        # A reload in progress finishes first, so nothing it starts outlives the stop.
+        async with self._reload_lock:
+            await self._shutdown_locked(store, background)
+
+    async def _shutdown_locked(self, store: Store, background: list[asyncio.Task[None]]) -> None:
         log.info("stopping: drivers first, then the uplink, then the store")
         for task in self._driver_tasks.values():
             task.cancel()
@@ -152,6 +160,17 @@ class Hub:
             version=__version__,
         )
         self._uplink_task = asyncio.create_task(self.uplink.run(), name="uplink")
+        self._uplink_task.add_done_callback(self._uplink_ended)
+
+    def _uplink_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._stop.is_set() or task is not self._uplink_task:
+            return
+        # The uplink never ends on its own; if it did, readings would pile up
+        # unseen. Exit non-zero so systemd (Restart=on-failure) starts us afresh.
+        exc = task.exception()
+        log.critical("the uplink stopped unexpectedly (%r); exiting to be restarted", exc)
+        self.exit_code = 1
+        self.stop()
 
     async def _stop_uplink(self) -> None:
         uplink, task = self.uplink, self._uplink_task
@@ -191,13 +210,17 @@ class Hub:
             log.warning("reload: the hub is not running (yet); ignored")
             return
         async with self._reload_lock:
+            if self._stop.is_set():
+                return
             self.notifier.reloading()
             old = self.config
             if new.gateway != old.gateway or new.store != old.store:
                 log.warning("reload: [gateway] and [store] changes take effect on restart only")
                 new = new.model_copy(update={"gateway": old.gateway, "store": old.store})
-            old_devices = {d.id: d for d in old.devices}
-            new_devices = {d.id: d for d in new.devices}
+            # Compare by content: each load builds fresh option classes, and two
+            # pydantic models of different classes never compare equal.
+            old_devices = {d.id: d.model_dump() for d in old.devices}
+            new_devices = {d.id: d.model_dump() for d in new.devices}
             for device_id, options in old_devices.items():
                 if new_devices.get(device_id) != options:
                     await self._stop_driver(device_id)
@@ -206,9 +229,9 @@ class Hub:
                 log.info("reload: broker settings changed; reconnecting")
                 await self._stop_uplink()
                 self._start_uplink(new)
-            for device_id, options in new_devices.items():
-                if old_devices.get(device_id) != options:
-                    self._start_driver(options)
+            for device in new.devices:
+                if old_devices.get(device.id) != new_devices[device.id]:
+                    self._start_driver(device)
             added = len(new_devices.keys() - old_devices.keys())
             removed = len(old_devices.keys() - new_devices.keys())
             log.info(
@@ -230,12 +253,16 @@ class Hub:
         assert interval is not None and self.store is not None
         tick = interval / 2  # sd_watchdog_enabled(3): ping at half the interval
         while True:
+            uplink = self._uplink_task
             try:
                 await asyncio.wait_for(self.store.ping(), tick)
             except Exception as exc:
                 log.error("watchdog: the store did not answer (%s); not petting the watchdog", exc)
             else:
-                self.notifier.watchdog()
+                if uplink is not None and uplink.done():
+                    log.error("watchdog: the uplink is not running; not petting the watchdog")
+                else:
+                    self.notifier.watchdog()
             await asyncio.sleep(tick)
 
     # -- drivers -----------------------------------------------------------------
@@ -280,9 +307,11 @@ class Hub:
                 self.events.publish(DeviceRecovered(options.id))
             self._status_changed()
         self.events.publish(ReadingStored(options.id, stored.id, stored.duplicate))
-        if self.uplink is not None and not stored.duplicate:
-            self.uplink.notify_new_reading()
         return stored
+
+    def _on_committed(self) -> None:
+        if self.uplink is not None:
+            self.uplink.notify_new_reading()
 
     async def _supervise(self, options: DriverOptions) -> None:
         driver_class = self.registry.get(options.driver)
@@ -346,7 +375,8 @@ class Hub:
     async def _status_payload(self) -> bytes:
         assert self.store is not None
         stats = await self.store.stats()
-        return encode_status(self.status.document(stats))
+        held_back = self.uplink.held_back if self.uplink is not None else 0
+        return encode_status(self.status.document(stats, held_back=held_back))
 
     async def _housekeeping(self) -> None:
         """Purge delivered readings after the retention; checkpoint in NORMAL mode."""

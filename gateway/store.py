@@ -39,6 +39,7 @@ SCHEMA_VERSION = 1
 SQLITE_FULL = 13
 _SYNC_LEVEL = {"full": 2, "normal": 1}
 _DELETE_BATCH = 500
+DROP_LOG_INTERVAL_S = 60.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -380,12 +381,18 @@ class Store:
         *,
         gateway_id: str,
         on_dropped: Callable[[int], None] | None = None,
+        on_committed: Callable[[], None] | None = None,
     ) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="homehub-store")
         self._factory = outbox_factory
         self._outbox: SqliteOutbox | None = None
         self._gateway_id = gateway_id
         self._on_dropped = on_dropped
+        # Told after every commit that added readings, whoever was waiting for
+        # it: a driver cancelled mid-emit still gets its reading published.
+        self._on_committed = on_committed
+        self._drop_logged_at = -DROP_LOG_INTERVAL_S
+        self._dropped_unlogged = 0
         self._pending: list[tuple[NewRow, asyncio.Future[StoredReading]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self.disk_full = False
@@ -401,6 +408,7 @@ class Store:
         max_readings: int = 500_000,
         max_page_count: int | None = None,
         on_dropped: Callable[[int], None] | None = None,
+        on_committed: Callable[[], None] | None = None,
     ) -> Store:
         store = cls(
             lambda: SqliteOutbox(
@@ -411,6 +419,7 @@ class Store:
             ),
             gateway_id=gateway_id,
             on_dropped=on_dropped,
+            on_committed=on_committed,
         )
         try:
             store._outbox = await store._run(store._factory)
@@ -480,13 +489,24 @@ class Store:
             for (row, future), result in zip(batch, report.results, strict=True):
                 if not future.done():
                     future.set_result(StoredReading(row.id, result.seq, result.duplicate))
+            if self._on_committed is not None and not all(r.duplicate for r in report.results):
+                try:
+                    self._on_committed()
+                except Exception:
+                    log.exception("store: on_committed callback failed")
             if report.dropped_now:
                 self.dropped_since_start += report.dropped_now
-                log.error(
-                    "store: bound of %d readings reached; dropped the %d oldest unsent",
-                    self.outbox.max_readings,
-                    report.dropped_now,
-                )
+                self._dropped_unlogged += report.dropped_now
+                # Loud, but not a flood: offline at the bound, every new reading
+                # drops one; say so at once, then at most once a minute.
+                now = time.monotonic()
+                if now - self._drop_logged_at >= DROP_LOG_INTERVAL_S:
+                    log.error(
+                        "store: bound of %d readings reached; dropped the %d oldest unsent",
+                        self.outbox.max_readings,
+                        self._dropped_unlogged,
+                    )
+                    self._drop_logged_at, self._dropped_unlogged = now, 0
                 if self._on_dropped is not None:
                     try:
                         self._on_dropped(report.dropped_now)
