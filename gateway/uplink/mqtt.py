@@ -307,6 +307,7 @@ class MqttUplink:
         client = self._make_client(loop, lost)
         connack: asyncio.Future[tuple[ReasonCode, Properties | None]] = client.user_data_get()
         s = self._settings
+        log.debug("mqtt: connecting to %s:%d", s.host, s.port)
         try:
             # clean_start: every connection starts a fresh session; what was in
             # flight is resent from the store, not from a broker-side session.
