@@ -11,7 +11,6 @@ from __future__ import annotations
 import abc
 import logging
 import os
-import time
 import warnings
 from collections.abc import Callable
 from glob import glob
@@ -25,8 +24,8 @@ from gateway.panel.patterns import RGB, Colour
 
 log = logging.getLogger(__name__)
 
-#: called with (pressed, monotonic time of the edge), from any thread
-EdgeHandler = Callable[[bool, float], None]
+#: called with the button's new raw state (True: down), from any thread
+EdgeHandler = Callable[[bool], None]
 
 
 class PanelBackend(abc.ABC):
@@ -127,7 +126,7 @@ class GpioBackend(PanelBackend):
     def _edge(self, pressed: bool) -> None:
         handler = self._handler
         if handler is not None:
-            handler(pressed, time.monotonic())
+            handler(pressed)
 
     def show(self, colour: Colour | None, level: float) -> None:
         level = 0.0 if colour is None else max(0.0, min(1.0, level))

@@ -58,15 +58,18 @@ class ButtonLogic:
             log.warning("panel: the button is down at start; not a press")
             self._press(loop.time(), counts=False)
 
-    def edge_threadsafe(self, pressed: bool, at: float) -> None:
-        """Called on any thread (gpiozero's) for each raw edge, with its time."""
+    def edge_threadsafe(self, pressed: bool) -> None:
+        """Called on any thread (gpiozero's) for each raw edge."""
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self.edge, pressed, at)
+            loop.call_soon_threadsafe(self.edge, pressed)
 
-    def edge(self, pressed: bool, at: float) -> None:
+    def edge(self, pressed: bool) -> None:
+        """A raw edge, on the loop (timed on arrival: the hop takes microseconds)."""
         loop = self._loop
-        assert loop is not None
+        if loop is None:
+            return
+        at = loop.time()
         self._raw, self._raw_at = pressed, at
         if self._settle is not None:
             self._settle.cancel()
