@@ -222,6 +222,15 @@ def test_overlaps_resolve_by_priority() -> None:
     assert m.state(13.0) is S.NEEDS_HELP
 
 
+def test_a_new_press_ends_the_last_readings_feedback() -> None:
+    m = machine()
+    m.handle(stored(), 1.0)
+    m.handle(ReadingDelivered("bp-1", "r1"), 1.1)
+    assert m.state(3.0) is S.SENT
+    m.handle(WindowOpened("measure", 120), 3.0)
+    assert m.state(3.0) is S.WAITING
+
+
 def test_next_change_is_none_when_only_events_can_change_it() -> None:
     m = machine(WindowOpened("measure", 120))
     assert m.next_change(1.0) is None

@@ -17,8 +17,9 @@ Priority, highest first (the README's table is the patient-facing version):
 7. WAITING       the measure window is open and no reading has been stored since it opened
 8. READY         none of the above
 
-Only the latest stored reading drives 2-4. "sent" needs a `ReadingDelivered` for
-that very reading id: a store alone never shows it.
+Only the latest stored reading drives 2-4, and a new "measure now" press ends its
+feedback. "sent" needs a `ReadingDelivered` for that very reading id: a store
+alone never shows it.
 """
 
 from __future__ import annotations
@@ -144,7 +145,9 @@ class PanelStateMachine:
             case ClockOk():
                 self.clock_wrong = False
             case WindowOpened(kind="measure"):
+                # A new press: the patient has moved on from the last reading's feedback.
                 self.measuring = True
+                self.latest = None
             case WindowClosed(kind="measure"):
                 self.measuring = False
             case WindowOpened(kind="pairing"):
