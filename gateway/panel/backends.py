@@ -113,7 +113,9 @@ class GpioBackend(PanelBackend):
             )
         except Exception as exc:
             self.close()
-            raise GatewayError(f"panel: cannot set up the GPIO pins: {exc}") from exc
+            raise GatewayError(
+                f"panel: cannot set up the GPIO pins: {type(exc).__name__}: {exc}"
+            ) from exc
         self.has_button = self._button is not None
         if self._button is not None:
             self._button.when_activated = lambda: self._edge(True)
