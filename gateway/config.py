@@ -145,7 +145,9 @@ class PanelSection(_Section):
         )
         pins = [p for p in (self.button_pin, *leds, self.buzzer_pin) if p is not None]
         if len(set(pins)) != len(pins):
-            raise ValueError(f"panel pins must be distinct, got {pins}")
+            raise ValueError(f"a pin is used twice: {pins} (button, LEDs, buzzer)")
+        if self.stuck_s <= self.long_press_s:
+            raise ValueError("stuck_s must be longer than long_press_s")
         return self
 
 

@@ -10,10 +10,10 @@ import gpiozero
 import pytest
 from gpiozero.exc import BadPinFactory
 
-from gateway.config import PanelSection
+from gateway.config import PanelSection, load_config
 from gateway.daemon import Hub
 from gateway.drivers.registry import DriverRegistry
-from gateway.errors import GatewayError
+from gateway.errors import ConfigError, GatewayError
 from gateway.events import EventBus, HubStarted
 from gateway.panel import GpioBackend, NoneBackend, Panel, create_backend
 from gateway.panel import backends as backends_module
@@ -86,3 +86,23 @@ async def test_hub_with_gpio_backend_and_no_gpio_refuses_to_start(
     with pytest.raises(GatewayError, match="no GPIO pin factory"):
         await asyncio.wait_for(hub.run(), 5)
     assert not (tmp_path / "state").exists()  # failed before touching the store
+
+
+@pytest.mark.parametrize(
+    ("panel", "message"),
+    [
+        ("button_pin = 12", "panel: a pin is used twice: [12, 12, 13, 19]"),
+        ('leds = "separate"\ngreen_pin = 17', "panel: a pin is used twice: [17, 17, 6, 26]"),
+        ("stuck_s = 5.0", "panel: stuck_s must be longer than long_press_s"),
+        ("rgb_pins = [12, 13]", "panel.rgb_pins"),
+        ("button_pin = 40", "panel.button_pin"),
+        ('backend = "pigpio"', "panel.backend"),
+    ],
+)
+def test_panel_config_errors_name_the_problem(tmp_path: Path, panel: str, message: str) -> None:
+    path = tmp_path / "hub.toml"
+    path.write_text(f'[gateway]\nid = "hub-1"\n\n[panel]\n{panel}\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, DriverRegistry.from_entry_points())
+    text = "\n".join(info.value.problems)
+    assert message in text, text
