@@ -12,7 +12,8 @@ from typing import Any
 
 from gateway.config import PanelSection
 from gateway.events import EventBus
-from gateway.panel.backends import GpioBackend, NoneBackend, PanelBackend, create_backend
+from gateway.panel.backends import NoneBackend, PanelBackend, create_backend
+from gateway.panel.gpio import GpioBackend
 from gateway.panel.panel import Panel
 from gateway.panel.patterns import Colour, Pattern, Step, patterns
 from gateway.panel.states import PRIORITY, PanelState, PanelStateMachine, StateTimings

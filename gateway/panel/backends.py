@@ -1,9 +1,10 @@
-"""Panel hardware backends: one interface, `gpio` (gpiozero) and `none` behind it.
+"""Panel hardware backends: one interface, `gpio` (gpiozero, gpio.py) and `none`.
 
 A backend shows one colour at one brightness, switches the buzzer, and reports
-the button's raw edges. It knows nothing of states or timing. The gpio backend
-takes its gpiozero pin factory as an argument; it never sets gpiozero's
-process-global `Device.pin_factory`.
+the button's raw edges. It knows nothing of states or timing. `create_backend`
+picks one from `[panel] backend`; the gpio backend takes its gpiozero pin
+factory as an argument and never sets gpiozero's process-global
+`Device.pin_factory`.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from collections.abc import Callable
 from glob import glob
 from typing import Any
 
-from gpiozero import PWMLED, RGBLED, Button, Buzzer, Device
+from gpiozero import Device
 
 from gateway.config import PanelSection
 from gateway.errors import GatewayError
-from gateway.panel.patterns import RGB, Colour
+from gateway.panel.patterns import Colour
 
 log = logging.getLogger(__name__)
 
@@ -57,106 +58,6 @@ class NoneBackend(PanelBackend):
 
     def show(self, colour: Colour | None, level: float) -> None:
         pass
-
-
-class GpioBackend(PanelBackend):
-    """gpiozero devices on `pin_factory`."""
-
-    name = "gpio"
-
-    def __init__(self, config: PanelSection, pin_factory: Any) -> None:
-        self._config = config
-        self._devices: list[Any] = []
-        self._handler: EdgeHandler | None = None
-        try:
-            if config.leds == "rgb":
-                red, green, blue = config.rgb_pins
-                self._rgb: Any = self._add(
-                    RGBLED(
-                        red,
-                        green,
-                        blue,
-                        active_high=config.active_high,
-                        pwm=True,
-                        pin_factory=pin_factory,
-                    )
-                )
-                self._leds: dict[Colour, Any] = {}
-            else:
-                self._rgb = None
-                self._leds = {
-                    colour: self._add(
-                        PWMLED(pin, active_high=config.active_high, pin_factory=pin_factory)
-                    )
-                    for colour, pin in (
-                        (Colour.GREEN, config.green_pin),
-                        (Colour.AMBER, config.amber_pin),
-                        (Colour.RED, config.red_pin),
-                    )
-                }
-            self._buzzer: Any = (
-                None
-                if config.buzzer_pin is None
-                else self._add(Buzzer(config.buzzer_pin, pin_factory=pin_factory))
-            )
-            self._button: Any = (
-                None
-                if config.button_pin is None
-                else self._add(
-                    Button(
-                        config.button_pin,
-                        pull_up=config.button_pull_up,
-                        bounce_time=None,  # debounced by the panel, the same on every factory
-                        pin_factory=pin_factory,
-                    )
-                )
-            )
-        except Exception as exc:
-            self.close()
-            raise GatewayError(
-                f"panel: cannot set up the GPIO pins: {type(exc).__name__}: {exc}"
-            ) from exc
-        self.has_button = self._button is not None
-        if self._button is not None:
-            self._button.when_activated = lambda: self._edge(True)
-            self._button.when_deactivated = lambda: self._edge(False)
-
-    def _add(self, device: Any) -> Any:
-        self._devices.append(device)
-        return device
-
-    def _edge(self, pressed: bool) -> None:
-        handler = self._handler
-        if handler is not None:
-            handler(pressed)
-
-    def show(self, colour: Colour | None, level: float) -> None:
-        level = 0.0 if colour is None else max(0.0, min(1.0, level))
-        if self._rgb is not None:
-            r, g, b = RGB[colour] if colour is not None else (0.0, 0.0, 0.0)
-            self._rgb.value = (round(r * level, 3), round(g * level, 3), round(b * level, 3))
-            return
-        for led_colour, led in self._leds.items():
-            led.value = level if led_colour is colour else 0.0
-
-    def buzz(self, on: bool) -> None:
-        if self._buzzer is not None:
-            self._buzzer.value = 1 if on else 0
-
-    def on_edge(self, handler: EdgeHandler | None) -> None:
-        self._handler = handler
-
-    def button_pressed(self) -> bool:
-        return bool(self._button is not None and self._button.is_pressed)
-
-    def close(self) -> None:
-        self._handler = None
-        for device in reversed(self._devices):
-            try:
-                device.close()
-            except Exception:  # closing must not hide the error that got us here
-                log.debug("panel: closing %r failed", device, exc_info=True)
-        self._devices.clear()
 
 
 def gpio_present() -> bool:
@@ -197,4 +98,6 @@ def create_backend(config: PanelSection, pin_factory: Any | None = None) -> Pane
                 raise
             log.warning("panel: no usable GPIO (%s); running without button and light", exc)
             return NoneBackend()
+    from gateway.panel.gpio import GpioBackend  # noqa: PLC0415 - gpio.py imports this module
+
     return GpioBackend(config, pin_factory)
