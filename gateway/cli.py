@@ -191,6 +191,35 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+# -- panel-test ----------------------------------------------------------------------
+
+
+def cmd_panel_test(args: argparse.Namespace) -> int:
+    from gateway.panel import NoneBackend, create_backend
+    from gateway.panel.selftest import panel_test
+
+    config = _config_or_exit(args.config, DriverRegistry.from_entry_points())
+    try:
+        backend = create_backend(config.panel)
+    except GatewayError as exc:
+        print(f"homehub: {exc}", file=sys.stderr)
+        return EX_FAIL
+    if isinstance(backend, NoneBackend):
+        print(
+            "homehub: no panel to test ([panel] backend is none, or no GPIO here)",
+            file=sys.stderr,
+        )
+        return EX_FAIL
+    try:
+        return asyncio.run(
+            panel_test(
+                config.panel, backend, sys.stdout, show_s=args.seconds, timeout_s=args.timeout
+            )
+        )
+    finally:
+        backend.close()
+
+
 # -- demo ----------------------------------------------------------------------------
 
 
@@ -237,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="print a JSON Schema")
     p.add_argument("which", choices=["config", "reading", "status"])
     p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("panel-test", help="show every light pattern, then check the button")
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
+    p.add_argument("--seconds", type=float, default=5.0, help="how long to show each pattern")
+    p.add_argument("--timeout", type=float, default=60.0, help="how long to wait for each press")
+    p.set_defaults(func=cmd_panel_test)
 
     p = sub.add_parser("demo", help="private broker + simulated devices + listener")
     p.add_argument("--config", type=Path, help="default: the packaged demo config")

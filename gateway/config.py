@@ -167,12 +167,61 @@ class StoreSection(_Section):
     purge_interval_s: float = Field(default=300.0, ge=1.0, le=86400.0)
 
 
+BcmPin = Annotated[int, Field(ge=0, le=27)]
+
+
+class PanelSection(_Section):
+    """The patient's panel: one button, a light, an optional buzzer (gateway/panel/)."""
+
+    backend: Literal["auto", "gpio", "none"] = Field(
+        default="auto",
+        description="'gpio' (gpiozero), 'none' (log only), 'auto': gpio where present, else none.",
+    )
+    button_pin: BcmPin | None = Field(default=17, description="BCM number; not set: no button.")
+    button_pull_up: bool = Field(default=True, description="Button connects the pin to ground.")
+    bounce_s: float = Field(default=0.05, ge=0.0, le=1.0, description="Debounce time.")
+    long_press_s: float = Field(default=5.0, gt=0.0, le=60.0, description="Installer mode.")
+    stuck_s: float = Field(default=30.0, gt=0.0, le=3600.0, description="Held this long: stuck.")
+    leds: Literal["rgb", "separate"] = Field(default="rgb", description="One RGB LED or three.")
+    rgb_pins: tuple[BcmPin, BcmPin, BcmPin] = Field(
+        default=(12, 13, 19), description="Red, green, blue pins of the RGB LED (PWM)."
+    )
+    green_pin: BcmPin = Field(default=5, description="Green LED, when leds = 'separate'.")
+    amber_pin: BcmPin = Field(default=6, description="Amber LED, when leds = 'separate'.")
+    red_pin: BcmPin = Field(default=26, description="Red LED, when leds = 'separate'.")
+    active_high: bool = Field(default=True, description="False for common-anode LEDs.")
+    buzzer_pin: BcmPin | None = Field(default=None, description="Active buzzer; not set: none.")
+    ready_level: float = Field(default=0.1, ge=0.0, le=1.0, description="'ready' brightness.")
+    measure_window_s: float = Field(default=120.0, gt=0.0, le=3600.0)
+    pairing_window_s: float = Field(default=300.0, gt=0.0, le=3600.0)
+    sent_s: float = Field(default=10.0, gt=0.0, le=600.0)
+    stored_later_s: float = Field(default=10.0, gt=0.0, le=600.0)
+    send_wait_s: float = Field(default=30.0, gt=0.0, le=600.0)
+    help_after_failures: int = Field(default=3, ge=1, le=1000)
+    offline_help_s: float = Field(default=21600.0, gt=0.0, le=30 * 86400.0)
+
+    @model_validator(mode="after")
+    def _distinct_pins(self) -> PanelSection:
+        leds = (
+            list(self.rgb_pins)
+            if self.leds == "rgb"
+            else [self.green_pin, self.amber_pin, self.red_pin]
+        )
+        pins = [p for p in (self.button_pin, *leds, self.buzzer_pin) if p is not None]
+        if len(set(pins)) != len(pins):
+            raise ValueError(f"a pin is used twice: {pins} (button, LEDs, buzzer)")
+        if self.stuck_s <= self.long_press_s:
+            raise ValueError("stuck_s must be longer than long_press_s")
+        return self
+
+
 class HubConfig(_Section):
     """The whole file. `devices` is replaced by a driver-discriminated union at load time."""
 
     gateway: GatewaySection
     mqtt: MqttSection = MqttSection()
     store: StoreSection = StoreSection()
+    panel: PanelSection = PanelSection()
     devices: list[DriverOptions] = Field(default_factory=list)
 
     @property

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -30,18 +31,21 @@ from gateway.events import (
     DiskOk,
     Event,
     EventBus,
+    HubStarted,
     ReadingDelivered,
     ReadingsDropped,
     ReadingStored,
     UplinkDown,
     UplinkUp,
 )
+from gateway.panel import Panel, create_panel
 from gateway.reading import Reading
 from gateway.sdnotify import SystemdNotifier
 from gateway.status import DeviceStatus, StatusTracker
 from gateway.store import Store
 from gateway.uplink.mqtt import MqttUplink
 from gateway.uplink.payload import encode_status
+from gateway.windows import CommandWindow
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +81,7 @@ class Hub:
         events: EventBus | None = None,
         notifier: SystemdNotifier | None = None,
         max_page_count: int | None = None,
+        pin_factory: Any | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -93,12 +98,35 @@ class Hub:
         self._reload_lock = asyncio.Lock()
         #: 0 after a requested stop; 1 when the hub stopped itself because a part failed.
         self.exit_code = 0
+        # The panel's commands; drivers consult them through their DriverContext.
+        self.measure = CommandWindow("measure", config.panel.measure_window_s, self.events.publish)
+        self.pairing = CommandWindow("pairing", config.panel.pairing_window_s, self.events.publish)
+        self._pin_factory = pin_factory  # gpiozero's; None: chosen by [panel] backend
+        self.panel: Panel | None = None
 
     def stop(self) -> None:
         """Ask the hub to stop; `run()` returns once it has shut down cleanly."""
         self._stop.set()
 
     async def run(self) -> None:
+        cfg = self.config
+        # First, so the patient sees "starting" (and a broken gpio backend fails early).
+        self.panel = create_panel(
+            cfg.panel,
+            self.events,
+            pin_factory=self._pin_factory,
+            on_measure=self.measure.open,
+            on_pairing=self.pairing.open,
+        )
+        self.panel.start()
+        try:
+            await self._run()
+        finally:
+            self.measure.close()
+            self.pairing.close()
+            await self.panel.close()
+
+    async def _run(self) -> None:
         cfg = self.config
         store = await Store.open(
             cfg.store_path,
@@ -123,6 +151,7 @@ class Hub:
             cfg.gateway.id,
             len(cfg.devices),
         )
+        self.events.publish(HubStarted())
         # Issue 6: READY=1 only once the config is valid and the store is open.
         self.notifier.ready(f"running with {len(cfg.devices)} device(s)")
         try:
@@ -276,6 +305,8 @@ class Hub:
             clock=self.clock,
             logger=logging.getLogger(f"gateway.device.{options.id}"),
             emit=emit,
+            measure=self.measure,
+            pairing=self.pairing,
         )
 
     async def _emit(self, options: DriverOptions, reading: Reading) -> StoredReading:

@@ -15,7 +15,13 @@ from pydantic import BaseModel
 
 from gateway import mdc
 from gateway.cli import build_parser
-from gateway.config import GatewaySection, MqttSection, StoreSection, validate_config
+from gateway.config import (
+    GatewaySection,
+    MqttSection,
+    PanelSection,
+    StoreSection,
+    validate_config,
+)
 from gateway.drivers.registry import DriverRegistry
 from gateway.drivers.simulated import SimulatedOptions
 
@@ -29,6 +35,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "[gateway]": GatewaySection,
     "[mqtt]": MqttSection,
     "[store]": StoreSection,
+    "[panel]": PanelSection,
     "[[devices]]": SimulatedOptions,
 }
 
@@ -107,12 +114,14 @@ def test_example_config_values_are_the_defaults() -> None:
         "[gateway]": config.gateway,
         "[mqtt]": config.mqtt,
         "[store]": config.store,
+        "[panel]": config.panel,
         "[[devices]]": config.devices[0],
     }
     raw = {
         "[gateway]": data["gateway"],
         "[mqtt]": data["mqtt"],
         "[store]": data["store"],
+        "[panel]": data["panel"],
         "[[devices]]": data["devices"][0],
     }
     for header, model in SECTIONS.items():

@@ -11,13 +11,14 @@ from __future__ import annotations
 import abc
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.clock import Clock
 from gateway.reading import Reading
+from gateway.windows import CommandWindow
 
 #: Device and gateway ids end up in MQTT topics: keep them to topic-safe characters.
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -52,6 +53,11 @@ class DriverContext:
     clock: Clock
     logger: logging.Logger
     emit: Callable[[Reading], Awaitable[StoredReading]]
+    #: "measure now" (the patient's short press): while open, BLE drivers scan at
+    #: full duty and serial drivers poll; see gateway/windows.py.
+    measure: CommandWindow = field(default_factory=lambda: CommandWindow("measure", 120.0))
+    #: installer's pairing window (long press): bonding BLE devices may pair.
+    pairing: CommandWindow = field(default_factory=lambda: CommandWindow("pairing", 300.0))
 
 
 class Driver(abc.ABC):

@@ -27,6 +27,11 @@ class SimulatedOptions(DriverOptions):
         default=0, ge=0, description="Readings to make before stopping; 0 = forever."
     )
     seed: int | None = Field(default=None, description="Random seed, for repeatable values.")
+    trigger: Literal["interval", "measure"] = Field(
+        default="interval",
+        description="'interval': a reading every interval_s; 'measure': one reading interval_s "
+        "after each 'measure now' (the panel's button), like a patient measuring.",
+    )
 
 
 def simulated_values(kind: Kind, rng: random.Random) -> tuple[tuple[Value, ...], tuple[str, ...]]:
@@ -70,7 +75,11 @@ class SimulatedDriver(Driver):
         rng = random.Random(options.seed)  # noqa: S311 - plausible values, not secrets
         kind = Kind(options.kind)
         made = 0
+        requests = self.context.measure.requests
         while options.count == 0 or made < options.count:
+            if options.trigger == "measure":
+                requests = await self.context.measure.wait_request(requests)
+                await asyncio.sleep(options.interval_s)  # the patient measuring
             values, status = simulated_values(kind, rng)
             measured_at = self.context.clock.now()
             reading = Reading(
@@ -87,6 +96,8 @@ class SimulatedDriver(Driver):
             )
             await self.context.emit(reading)
             made += 1
+            if options.trigger == "measure":
+                continue
             if options.interval_s > 0:
                 await asyncio.sleep(options.interval_s)
             else:
