@@ -41,6 +41,10 @@ class StoredReading:
     duplicate: bool  # the same record (same source_key) was already stored
 
 
+def _ignore_report(problem: str | None) -> None:
+    """Default `report`: nobody listens (a driver used outside the hub, in tests)."""
+
+
 @dataclass(slots=True)
 class DriverContext:
     """Everything a driver may use from the hub; passed in, never global."""
@@ -49,6 +53,11 @@ class DriverContext:
     clock: Clock
     logger: logging.Logger
     emit: Callable[[Reading], Awaitable[StoredReading]]
+    #: Report a lasting problem the driver copes with itself without raising (a
+    #: vanished port it keeps reopening, input it cannot decode): the status shows
+    #: the device "failing" with this text. None: the problem is over. The text is
+    #: sent to the backend: never put patient values in it.
+    report: Callable[[str | None], None] = _ignore_report
 
 
 class Driver(abc.ABC):
