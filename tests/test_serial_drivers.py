@@ -13,13 +13,15 @@ from typing import Any
 import pytest
 
 from gateway.clock import SystemClock
-from gateway.config import validate_config
+from gateway.config import HubConfig, validate_config
+from gateway.daemon import Hub
 from gateway.drivers.base import Driver, DriverContext, StoredReading
 from gateway.drivers.registry import DriverRegistry
 from gateway.drivers.serial.contec_cms50 import ContecCms50Driver
 from gateway.drivers.serial.line import LineDriver
 from gateway.drivers.serial.nonin import NoninDriver
 from gateway.errors import ConfigError
+from gateway.events import DeviceFailing, DeviceRecovered, Event, EventBus
 from gateway.reading import Reading
 from gateway.sim.pty import PtyLink
 from gateway.sim.serial import (
@@ -31,6 +33,7 @@ from gateway.sim.serial import (
     RunningSim,
     Scenario,
 )
+from gateway.status import DeviceStatus
 
 FAST = {"window_s": 1.0, "reopen_min_s": 0.05, "reopen_max_s": 0.2}
 DRIVERS: dict[str, type[Driver]] = {
@@ -303,3 +306,28 @@ def test_line_config_errors_name_the_field() -> None:
             registry,
         )
     assert caught.value.problems == ["devices[0]: protocol v7 runs at 115200 baud"]
+
+
+async def test_a_reported_problem_shows_in_the_hub_status() -> None:
+    registry = DriverRegistry.from_entry_points()
+    config = validate_config(
+        {
+            "gateway": {"id": "hub-1"},
+            "devices": [{"id": "oxi-1", "driver": "serial.nonin", "port": "/dev/null"}],
+        },
+        registry,
+    )
+    assert isinstance(config, HubConfig)
+    events = EventBus()
+    seen: list[Event] = []
+    events.subscribe(seen.append)
+    hub = Hub(config, registry, events=events)
+    hub.status.devices["oxi-1"] = DeviceStatus(driver="serial.nonin")
+    context = hub._context(config.devices[0])
+    context.report("port lost")
+    context.report("port lost")  # the same problem again: no new event
+    device = hub.status.devices["oxi-1"]
+    assert (device.state, device.last_error, device.restarts) == ("failing", "port lost", 0)
+    context.report(None)
+    assert (device.state, device.last_error) == ("ok", None)
+    assert [type(e) for e in seen] == [DeviceFailing, DeviceRecovered]
