@@ -104,12 +104,12 @@ def test_simulate_command_makes_one_linked_pty_per_device(tmp_path: Path) -> Non
         for name in ALL_SIMS:
             target = os.readlink(directory / name)
             assert target.startswith("/dev/pts/"), target
-        out, _ = process.communicate(timeout=10)
+        out, err = process.communicate(timeout=10)
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 0
+    assert process.returncode == 0, err
     # It prints the [[devices]] tables that read its devices, valid for the hub.
     devices = tomllib.loads(out)["devices"]
     assert [d["id"] for d in devices] == list(ALL_SIMS)
-    assert not list(directory.glob("*"))  # it cleans up after itself
+    assert not list(directory.glob("*")), err  # it cleans up after itself
