@@ -105,6 +105,7 @@ class DeviceSim:
 class ContecLegacySim(DeviceSim):
     name = "contec-cms50-legacy"
     rate_hz = 60.0
+    noise_bytes = 8
 
     def frame(self, sample: SimSample) -> bytes:
         if sample.state == "out":
@@ -119,6 +120,7 @@ class ContecV7Sim(DeviceSim):
 
     name = "contec-cms50-v7"
     rate_hz = 60.0
+    noise_bytes = 8
 
     def __init__(self) -> None:
         super().__init__()

@@ -100,6 +100,7 @@ class ContecCms50Driver(OximeterDriver):
             await self._speak(port, *tries[0])
             return
         log = self.context.logger
+        noisy_cycles = 0
         while True:
             unrecognised = 0
             for protocol, line in tries:
@@ -107,10 +108,15 @@ class ContecCms50Driver(OximeterDriver):
                 decoder = await self._listen(port, protocol)
                 if decoder.stats.frames >= DETECT_FRAMES:
                     log.info("device %s: speaks Contec %s at %s", self.options.id, protocol, line)
+                    if self._problem is not None and self._problem.startswith("receiving"):
+                        self.set_problem(None)
                     await self._speak(port, protocol, line, decoder)
                     return
                 unrecognised += decoder.stats.garbage_bytes + decoder.stats.other_packets
-            if unrecognised:
+            # One cycle may catch a v7 device starting to stream (on our start command)
+            # while we listen for legacy frames; two in a row are a real problem.
+            noisy_cycles = noisy_cycles + 1 if unrecognised else 0
+            if noisy_cycles >= 2:
                 self.set_problem(
                     f"receiving data but no Contec frames at any of "
                     f"{', '.join(str(line) for _, line in tries)}: wrong driver or port?"
