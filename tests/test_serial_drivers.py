@@ -70,6 +70,16 @@ class Harness:
         )
         return cls(opts, context)
 
+    async def wait_problem(self, text: str, timeout_s: float = 5.0) -> str:
+        """The first reported problem containing `text` (from any time), awaited."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                for problem in self.problems:
+                    if problem is not None and text in problem:
+                        return problem
+                self.reported.clear()
+                await self.reported.wait()
+
     def drain(self) -> list[Reading]:
         out = []
         while not self.readings.empty():
@@ -126,6 +136,8 @@ async def spot_case(tmp_path: Path, sim_name: str, extra: dict[str, Any]) -> Non
     try:
         await asyncio.wait_for(sim.run(), 10)
         reading = await asyncio.wait_for(harness.readings.get(), 5)
+        # The simulator's pty is gone: once the driver noticed, it has read everything.
+        await harness.wait_problem("port lost")
     finally:
         task.cancel()
     got = values(reading)
@@ -190,7 +202,7 @@ async def test_continuous_mode_gives_one_reading_per_interval(
     )
     running.append(asyncio.create_task(driver.run()))
     await asyncio.wait_for(sim.run(), 10)
-    await asyncio.sleep(0.3)  # let the driver read the last bytes the sim wrote
+    await harness.wait_problem("port lost")  # so it has read all the simulator wrote
     readings = harness.drain()
     assert len(readings) == 2
     assert all(values(r)["MDC_PULS_OXIM_PULS_RATE"] == 130.0 for r in readings)
@@ -228,11 +240,8 @@ async def test_port_closed_and_reopened_mid_session_recovers(
     # Mid-session, after more than a window of steady values, the cable is pulled.
     cut = Scenario([Phase(1.3, "in", spo2=(90,), pulse=(60,))])
     await asyncio.wait_for(RunningSim(ALL_SIMS["contec-cms50-legacy"](), link, cut).run(), 10)
-    async with asyncio.timeout(5):
-        while not any(p and "port lost" in p for p in harness.problems):
-            harness.reported.clear()
-            await harness.reported.wait()
-    await asyncio.sleep(0.2)  # the hub retries while the port is gone
+    await harness.wait_problem("port lost")
+    await harness.wait_problem("cannot open")  # it retries while the port is gone
     assert harness.drain() == []  # a session cut by a pulled cable is no measurement
     # Plugged back in: a new session, a reading.
     sim = RunningSim(ALL_SIMS["contec-cms50-legacy"](), link, session())
@@ -254,6 +263,7 @@ async def test_line_driver_reads_a_scale(tmp_path: Path, running: list[asyncio.T
     running.append(asyncio.create_task(driver.run()))
     await asyncio.wait_for(sim.run(), 10)
     reading = await asyncio.wait_for(harness.readings.get(), 5)
+    await harness.wait_problem("port lost")
     assert reading.kind == "weight"
     assert [(v.code, v.value, v.unit) for v in reading.values] == [
         ("MDC_MASS_BODY_ACTUAL", 82.4, "kg")
