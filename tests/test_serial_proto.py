@@ -31,7 +31,7 @@ from gateway.drivers.serial.nonin_proto import (
     encode_format2_packet,
     encode_format8,
 )
-from gateway.drivers.serial.session import OxiSample
+from gateway.drivers.serial.session import OxiSample, SessionAggregator
 
 # -- byte vectors -------------------------------------------------------------------------
 
@@ -232,3 +232,25 @@ def test_line_decoder_splits_matches_and_counts() -> None:
     assert decoder.stats.garbage_bytes > 0
     decoder.feed(b"x" * 5000)  # a runaway line is dropped, up to its end
     assert decoder.feed(b"tail\nST,+0070.00 kg\n") == [LineMatch({"weight": 70.0})]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    kind=st.sampled_from(KINDS),
+    chunks=st.lists(st.tuples(st.binary(max_size=200), st.floats(0, 1.5)), max_size=40),
+    clean=st.booleans(),
+)
+def test_random_streams_through_decoder_and_session_never_crash(
+    kind: str, chunks: list[tuple[bytes, float]], clean: bool
+) -> None:
+    """The driver's pipeline (decoder -> session) on random bytes, mixed with real frames."""
+    factory, data, _ = _stream(kind)
+    decoder = factory()
+    aggregator = SessionAggregator(mode="spot", window_s=1, max_session_s=3)
+    t = 0.0
+    for chunk, dt in chunks:
+        t += dt
+        for sample in decoder.feed(chunk + (data if clean else b"")):
+            for result in aggregator.feed(t, sample):
+                assert 0 < result.spo2 <= 100 and 0 < result.pulse < 511
+    aggregator.tick(t + 10)

@@ -62,12 +62,19 @@ class OximeterDriver(SerialDriver):
             data = await port.read()
             now = loop.time()
             results: list[OxiResult] = []
+            too_short = aggregator.too_short
             for sample in decoder.feed(data) if data else ():
                 was_active = aggregator.active
                 results.extend(aggregator.feed(now, sample))
                 if aggregator.active and not was_active:
                     log.info("device %s: finger in, measuring", self.options.id)
             results.extend(aggregator.tick(now))
+            if aggregator.too_short > too_short:
+                log.info(
+                    "device %s: measurement ended before %.0f s of steady signal: no reading",
+                    self.options.id,
+                    aggregator.window_s,
+                )
             for result in results:
                 await self._emit(result, loop.time())
             verdict = monitor.check(now)
