@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.drivers.serial.base import GARBAGE_WINDOW_S, GarbageMonitor
 from gateway.drivers.serial.contec_proto import (
     CMD_KEEPALIVE,
     CMD_START_REALTIME,
@@ -23,6 +24,7 @@ from gateway.drivers.serial.contec_proto import (
     v7_command,
     v7_unpack,
 )
+from gateway.drivers.serial.framing import DecoderStats
 from gateway.drivers.serial.line_proto import LineDecoder, LineMatch, parse_number
 from gateway.drivers.serial.nonin_proto import (
     Format2Decoder,
@@ -254,3 +256,21 @@ def test_random_streams_through_decoder_and_session_never_crash(
             for result in aggregator.feed(t, sample):
                 assert 0 < result.spo2 <= 100 and 0 < result.pulse < 511
     aggregator.tick(t + 10)
+
+
+def test_garbage_monitor_reports_lasting_garbage_not_a_burst() -> None:
+    stats = DecoderStats()
+    monitor = GarbageMonitor(stats, 0.0)
+
+    def window(t: float, framed: int, garbage: int) -> tuple[bool, int, int] | None:
+        stats.bytes_in += framed + garbage
+        stats.frame_bytes += framed
+        return monitor.check(t * GARBAGE_WINDOW_S)
+
+    assert window(1, 20, 64) is None  # one burst (a replug): not reported
+    assert window(2, 100, 0) is None
+    assert window(3, 0, 500) is None
+    assert window(4, 0, 500) == (True, 500, 500)  # two windows of it: reported
+    assert window(5, 10, 500) is None  # still bad: said once
+    assert window(6, 500, 0) == (False, 500, 0)  # good again: cleared
+    assert window(7, 0, 10) is None  # too few bytes to judge

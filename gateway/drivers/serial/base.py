@@ -23,8 +23,10 @@ from gateway.drivers.serial.port import LineSettings, PortLost, SerialPort
 GARBAGE_WINDOW_S = 5.0
 #: Fewer bytes than this in a window are too few to judge (a device waking up).
 GARBAGE_MIN_BYTES = 64
-#: More than this share of unrecognised bytes in a window is reported.
+#: More than this share of unrecognised bytes in a window is a bad window.
 GARBAGE_RATIO = 0.5
+#: Bad windows in a row that are reported.
+BAD_WINDOWS = 2
 
 
 class Decoder(Protocol):
@@ -32,13 +34,18 @@ class Decoder(Protocol):
 
 
 class GarbageMonitor:
-    """Judges the share of unrecognised bytes per window; says when it changes."""
+    """Judges the share of unrecognised bytes per window; says when the verdict changes.
+
+    "Bad" takes BAD_WINDOWS windows in a row: a burst of noise from a replug is
+    not a wrong baud rate. "Good" takes one.
+    """
 
     def __init__(self, stats: DecoderStats, now: float) -> None:
         self.stats = stats
         self._start = now
         self._bytes = stats.bytes_in
         self._frame_bytes = stats.frame_bytes
+        self._bad_windows = 0
         self.bad = False
 
     def check(self, now: float) -> tuple[bool, int, int] | None:
@@ -47,14 +54,13 @@ class GarbageMonitor:
             return None
         total = self.stats.bytes_in - self._bytes
         framed = self.stats.frame_bytes - self._frame_bytes
-        self._start, self._bytes, self._frame_bytes = (
-            now,
-            self.stats.bytes_in,
-            self.stats.frame_bytes,
-        )
+        self._start, self._bytes = now, self.stats.bytes_in
+        self._frame_bytes = self.stats.frame_bytes
         if total < GARBAGE_MIN_BYTES:
             return None
-        bad = (total - framed) / total > GARBAGE_RATIO
+        window_bad = (total - framed) / total > GARBAGE_RATIO
+        self._bad_windows = self._bad_windows + 1 if window_bad else 0
+        bad = self._bad_windows >= BAD_WINDOWS if window_bad else False
         if bad == self.bad:
             return None
         self.bad = bad
