@@ -229,6 +229,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.config, seconds=args.seconds)
 
 
+# -- simulate ------------------------------------------------------------------------
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from gateway.sim.simulate import simulate
+
+    if args.serial is None:
+        print("homehub simulate: nothing to simulate; give --serial DIR", file=sys.stderr)
+        return EX_USAGE
+    asyncio.run(simulate(serial_dir=args.serial.absolute(), seconds=args.seconds))
+    return EX_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="homehub", description="Home hub for digital home follow-up."
@@ -277,6 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="default: the packaged demo config")
     p.add_argument("--seconds", type=float, default=0.0, help="stop after S seconds (0 = Ctrl-C)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("simulate", help="virtual medical devices, until Ctrl-C")
+    p.add_argument(
+        "--serial", type=Path, metavar="DIR", help="serial devices: one pty each, linked in DIR"
+    )
+    p.add_argument("--seconds", type=float, default=0.0, help="stop after S seconds (0 = Ctrl-C)")
+    p.set_defaults(func=cmd_simulate)
     return parser
 
 

@@ -300,6 +300,9 @@ class Hub:
         async def emit(reading: Reading) -> StoredReading:
             return await self._emit(options, reading)
 
+        def report(problem: str | None) -> None:
+            self._report(options.id, problem)
+
         return DriverContext(
             device_id=options.id,
             clock=self.clock,
@@ -307,7 +310,25 @@ class Hub:
             emit=emit,
             measure=self.measure,
             pairing=self.pairing,
+            report=report,
         )
+
+    def _report(self, device_id: str, problem: str | None) -> None:
+        """A driver reports a problem it handles itself (or that it is over)."""
+        device = self.status.devices[device_id]
+        if problem is not None:
+            if device.state == "failing" and device.last_error == problem:
+                return
+            device.state = "failing"
+            device.last_error = problem
+            self.events.publish(DeviceFailing(device_id, problem))
+        elif device.state == "failing":
+            device.state = "ok"
+            device.last_error = None
+            self.events.publish(DeviceRecovered(device_id))
+        else:
+            return
+        self._status_changed()
 
     async def _emit(self, options: DriverOptions, reading: Reading) -> StoredReading:
         if reading.device_id != options.id or reading.driver != options.driver:

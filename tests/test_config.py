@@ -175,13 +175,13 @@ BAD_CASES = [
         "unknown-driver",
         lambda d, _: valid_toml(d).replace('driver = "simulated"\nkind = "weight"', 'driver = "x"'),
         "devices[1].driver",
-        "unknown driver 'x' (known: simulated)",
+        "unknown driver 'x' (known: ",
     ),
     BadCase(
         "missing-driver",
         lambda d, _: valid_toml(d).replace('driver = "simulated"\nkind = "weight"', ""),
         "devices[1].driver",
-        "required, but missing (one of: simulated)",
+        "required, but missing (one of: ",
     ),
     BadCase(
         "missing-ca-file",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -45,6 +45,10 @@ class StoredReading:
     duplicate: bool  # the same record (same source_key) was already stored
 
 
+def _ignore_report(problem: str | None) -> None:
+    """Default `report`: nobody listens (a driver used outside the hub, in tests)."""
+
+
 @dataclass(slots=True)
 class DriverContext:
     """Everything a driver may use from the hub; passed in, never global."""
@@ -53,11 +57,18 @@ class DriverContext:
     clock: Clock
     logger: logging.Logger
     emit: Callable[[Reading], Awaitable[StoredReading]]
+    # The rest by keyword only: a positional mix-up would pass silently.
+    _: KW_ONLY
     #: "measure now" (the patient's short press): while open, BLE drivers scan at
     #: full duty and serial drivers poll; see gateway/windows.py.
     measure: CommandWindow = field(default_factory=lambda: CommandWindow("measure", 120.0))
     #: installer's pairing window (long press): bonding BLE devices may pair.
     pairing: CommandWindow = field(default_factory=lambda: CommandWindow("pairing", 300.0))
+    #: Report a lasting problem the driver copes with itself without raising (a
+    #: vanished port it keeps reopening, input it cannot decode): the status shows
+    #: the device "failing" with this text. None: the problem is over. The text is
+    #: sent to the backend: never put patient values in it.
+    report: Callable[[str | None], None] = _ignore_report
 
 
 class Driver(abc.ABC):
