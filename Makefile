@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.homehub-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install-deps demo test lint format bench clean
+.PHONY: help install-deps demo test lint format bench install uninstall clean
 
 help: ## this help
 	@echo "homehub make targets:"
@@ -32,6 +32,12 @@ format: $(STAMP) ## apply ruff's formatting and safe fixes
 
 bench: $(STAMP) ## benchmarks (ratios against baselines measured in the same run)
 	$(PY) -m bench
+
+install: ## (root) install as a service: /opt/homehub, unit, user; keeps /etc/homehub
+	bash scripts/install.sh
+
+uninstall: ## (root) remove program and unit; keep config and data
+	bash scripts/uninstall.sh
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -6,7 +6,7 @@ device topic): `next_delay()` after each failure, `reset()` after a success.
 
 from __future__ import annotations
 
-from tenacity import Retrying, RetryCallState, wait_exponential_jitter
+from tenacity import RetryCallState, Retrying, wait_exponential_jitter
 
 
 class Backoff:

@@ -40,25 +40,45 @@ def _config_or_exit(path: Path, registry: DriverRegistry) -> HubConfig:
 # -- run -----------------------------------------------------------------------------
 
 
-async def _run_hub(config: HubConfig, registry: DriverRegistry) -> None:
+async def _run_hub(config: HubConfig, registry: DriverRegistry, path: Path) -> int:
     from gateway.daemon import Hub
+    from gateway.sdnotify import SystemdNotifier
 
-    hub = Hub(config, registry)
+    hub = Hub(config, registry, notifier=SystemdNotifier())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, hub.stop)
+    reloads: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        # Issue 6: validate first; an invalid new config is logged, the old one kept.
+        try:
+            new = await loop.run_in_executor(None, load_config, path, registry)
+        except ConfigError as exc:
+            log.error("reload: %s is invalid; keeping the running config", path)
+            for problem in exc.problems:
+                log.error("reload:   %s", problem)
+            return
+        await hub.reload(new)
+
+    def on_sighup() -> None:
+        task = loop.create_task(reload(), name="reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     await hub.run()
+    return hub.exit_code
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     registry = DriverRegistry.from_entry_points()
     config = _config_or_exit(args.config, registry)  # exits 78 before touching anything
     try:
-        asyncio.run(_run_hub(config, registry))
+        return asyncio.run(_run_hub(config, registry, args.config))
     except GatewayError as exc:
         log.critical("homehub cannot run: %s", exc)
         return EX_FAIL
-    return EX_OK
 
 
 # -- check-config --------------------------------------------------------------------
@@ -99,7 +119,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     now = time.time()
     oldest_age = None if stats.oldest_unsent_at is None else round(now - stats.oldest_unsent_at, 1)
     devices = {
-        device.id: {"driver": device.driver, "last_reading_at": iso_utc(stats.devices.get(device.id))}
+        device.id: {
+            "driver": device.driver,
+            "last_reading_at": iso_utc(stats.devices.get(device.id)),
+        }
         for device in config.devices
     }
     if args.json:
@@ -123,7 +146,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if stats.dropped:
         print(f"DROPPED        {stats.dropped} readings (store bound reached)")
     for device_id, info in devices.items():
-        print(f"device {device_id:<12} {info['driver']:<24} last reading {info['last_reading_at'] or 'never'}")
+        last = info["last_reading_at"] or "never"
+        print(f"device {device_id:<12} {info['driver']:<24} last reading {last}")
     return EX_OK
 
 
@@ -167,6 +191,35 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+# -- panel-test ----------------------------------------------------------------------
+
+
+def cmd_panel_test(args: argparse.Namespace) -> int:
+    from gateway.panel import NoneBackend, create_backend
+    from gateway.panel.selftest import panel_test
+
+    config = _config_or_exit(args.config, DriverRegistry.from_entry_points())
+    try:
+        backend = create_backend(config.panel)
+    except GatewayError as exc:
+        print(f"homehub: {exc}", file=sys.stderr)
+        return EX_FAIL
+    if isinstance(backend, NoneBackend):
+        print(
+            "homehub: no panel to test ([panel] backend is none, or no GPIO here)",
+            file=sys.stderr,
+        )
+        return EX_FAIL
+    try:
+        return asyncio.run(
+            panel_test(
+                config.panel, backend, sys.stdout, show_s=args.seconds, timeout_s=args.timeout
+            )
+        )
+    finally:
+        backend.close()
+
+
 # -- demo ----------------------------------------------------------------------------
 
 
@@ -176,7 +229,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.config, seconds=args.seconds, ble=args.ble)
 
 
-# -- scan and simulate (Bluetooth LE) --------------------------------------------------
+# -- scan (Bluetooth LE) --------------------------------------------------
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
@@ -192,23 +245,26 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+# -- simulate ------------------------------------------------------------------------
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from gateway.sim.ble.fleet import devices_toml, run_fleet
+    from gateway.sim.simulate import simulate
 
-    def ready(spec: str) -> None:
-        print('virtual BLE devices ready; in the hub\'s config:\n\n[ble]\nstack = "bumble"')
-        print(f'transport = "{spec}"\n\n{devices_toml()}', flush=True)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await run_fleet(
-            args.ble, interval_s=args.interval, seconds=args.seconds, ready=ready, stop=stop
+    if args.serial is None and args.ble is None:
+        print(
+            "homehub simulate: nothing to simulate; give --serial DIR and/or --ble TRANSPORT",
+            file=sys.stderr,
         )
-
-    asyncio.run(main())
+        return EX_USAGE
+    asyncio.run(
+        simulate(
+            serial_dir=None if args.serial is None else args.serial.absolute(),
+            ble=args.ble,
+            ble_interval_s=args.interval,
+            seconds=args.seconds,
+        )
+    )
     return EX_OK
 
 
@@ -256,17 +312,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=10.0, help="how long to listen")
     p.set_defaults(func=cmd_scan)
 
-    p = sub.add_parser("simulate", help="virtual BLE devices on a Bumble transport")
-    p.add_argument("--ble", required=True, help="e.g. tcp-server:127.0.0.1:9000")
-    p.add_argument("--interval", type=float, default=60.0, help="seconds between measurements")
-    p.add_argument("--seconds", type=float, default=0.0, help="stop after S seconds (0 = never)")
-    p.set_defaults(func=cmd_simulate)
+    p = sub.add_parser("panel-test", help="show every light pattern, then check the button")
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
+    p.add_argument("--seconds", type=float, default=5.0, help="how long to show each pattern")
+    p.add_argument("--timeout", type=float, default=60.0, help="how long to wait for each press")
+    p.set_defaults(func=cmd_panel_test)
 
     p = sub.add_parser("demo", help="private broker + simulated devices + listener")
     p.add_argument("--config", type=Path, help="default: the packaged demo config")
     p.add_argument("--seconds", type=float, default=0.0, help="stop after S seconds (0 = Ctrl-C)")
     p.add_argument("--ble", action="store_true", help="add virtual BLE devices (Bumble stack)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("simulate", help="virtual medical devices, until Ctrl-C")
+    p.add_argument(
+        "--serial", type=Path, metavar="DIR", help="serial devices: one pty each, linked in DIR"
+    )
+    p.add_argument(
+        "--ble", metavar="TRANSPORT", help="BLE devices on a Bumble transport, tcp-server:HOST:PORT"
+    )
+    p.add_argument("--interval", type=float, default=60.0, help="BLE: seconds between measurements")
+    p.add_argument("--seconds", type=float, default=0.0, help="stop after S seconds (0 = Ctrl-C)")
+    p.set_defaults(func=cmd_simulate)
     return parser
 
 

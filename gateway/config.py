@@ -9,8 +9,11 @@ discriminated by `driver`, built from the registered drivers' option models.
 
 from __future__ import annotations
 
+import json
+import re
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime, time
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -23,7 +26,7 @@ from pydantic import (
     create_model,
     model_validator,
 )
-from pydantic_core import ErrorDetails
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from gateway.drivers.base import ID_PATTERN, DriverOptions
 from gateway.drivers.registry import DriverRegistry
@@ -32,9 +35,73 @@ from gateway.errors import ConfigError
 EX_CONFIG = 78  # sysexits.h: configuration error
 DEFAULT_CONFIG_PATH = Path("/etc/homehub/homehub.toml")
 
+# MQTT 5 §4.7: '+' and '#' are wildcards and may not appear in a topic name;
+# §4.7.2: topics starting with '$' are the broker's own ($SYS).
+TOPIC_PREFIX_PATTERN = r"^[^#+/\x00$][^#+/\x00]*(/[^#+/\x00]+)*$"
+
+#: Error type of the cross-field checks below. `validate_config` runs the same
+#: checks on the raw TOML (so they are reported even when other fields of the
+#: same section are wrong) and so drops these when the model raises them too.
+_CROSS_FIELD = "homehub_cross_field"
+
+_PATTERN_HELP = {
+    ID_PATTERN: "only letters A-Z a-z, digits, '_' and '-', 1 to 64 characters",
+    TOPIC_PREFIX_PATTERN: "no '+', '#', leading '$', empty level or leading/trailing '/'",
+}
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def mqtt_cross_field_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(field, message) for option combinations that do not go together.
+
+    Works on the raw `[mqtt]` table as well as on a validated section (TOML has
+    no null, so "given" means present and not None in both).
+    """
+
+    def given(key: str) -> bool:
+        return values.get(key) is not None
+
+    problems: list[tuple[str, str]] = []
+    if given("cert_file") and not given("key_file"):
+        problems.append(("key_file", "required with cert_file: give both or neither"))
+    if given("key_file") and not given("cert_file"):
+        problems.append(("cert_file", "required with key_file: give both or neither"))
+    if given("cert_file") and not given("ca_file"):
+        problems.append(("ca_file", "a client certificate needs TLS: give ca_file too"))
+    if given("password_file") and not given("username"):
+        problems.append(("username", "required with password_file"))
+    fields = MqttSection.model_fields
+    low = values.get("reconnect_min_s", fields["reconnect_min_s"].default)
+    high = values.get("reconnect_max_s", fields["reconnect_max_s"].default)
+    if _is_number(low) and _is_number(high) and low > high:
+        problems.append(("reconnect_min_s", f"must not exceed reconnect_max_s ({high})"))
+    return problems
+
+
+def duplicate_device_ids(devices: Sequence[object]) -> list[str]:
+    """One problem per `[[devices]]` table that reuses an earlier table's id."""
+    seen: dict[str, int] = {}
+    problems = []
+    for index, device in enumerate(devices):
+        if not isinstance(device, Mapping):
+            continue
+        device_id = device.get("id")
+        if not isinstance(device_id, str):
+            continue
+        if device_id in seen:
+            problems.append(
+                f"devices[{index}].id: duplicate id {device_id!r} (also devices[{seen[device_id]}])"
+            )
+        else:
+            seen[device_id] = index
+    return problems
+
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class GatewaySection(_Section):
@@ -49,9 +116,9 @@ class MqttSection(_Section):
     port: int = Field(default=1883, ge=1, le=65535)
     topic_prefix: str = Field(
         default="homehub",
-        # MQTT 5 §4.7: '+' and '#' are wildcards and may not appear in a topic name.
-        pattern=r"^[^#+/\x00]+(/[^#+/\x00]+)*$",
-        description="First topic level(s); no wildcards, no leading or trailing '/'.",
+        pattern=TOPIC_PREFIX_PATTERN,
+        description="First topic level(s); no wildcards, no leading '$', "
+        "no leading or trailing '/'.",
     )
     client_id: str | None = Field(
         default=None, min_length=1, max_length=128, description="Default: homehub-{gateway.id}."
@@ -72,14 +139,11 @@ class MqttSection(_Section):
 
     @model_validator(mode="after")
     def _check_pairs(self) -> MqttSection:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together: give both or neither")
-        if self.cert_file is not None and self.ca_file is None:
-            raise ValueError("a client certificate needs TLS: give ca_file too")
-        if self.password_file is not None and self.username is None:
-            raise ValueError("password_file needs username")
-        if self.reconnect_min_s > self.reconnect_max_s:
-            raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
+        values = {name: getattr(self, name) for name in type(self).model_fields}
+        problems = mqtt_cross_field_problems(values)
+        if problems:
+            text = "; ".join(f"{name}: {message}" for name, message in problems)
+            raise PydanticCustomError(_CROSS_FIELD, text)
         return self
 
     @property
@@ -125,6 +189,54 @@ class BleSection(_Section):
     )
 
 
+BcmPin = Annotated[int, Field(ge=0, le=27)]
+
+
+class PanelSection(_Section):
+    """The patient's panel: one button, a light, an optional buzzer (gateway/panel/)."""
+
+    backend: Literal["auto", "gpio", "none"] = Field(
+        default="auto",
+        description="'gpio' (gpiozero), 'none' (log only), 'auto': gpio where present, else none.",
+    )
+    button_pin: BcmPin | None = Field(default=17, description="BCM number; not set: no button.")
+    button_pull_up: bool = Field(default=True, description="Button connects the pin to ground.")
+    bounce_s: float = Field(default=0.05, ge=0.0, le=1.0, description="Debounce time.")
+    long_press_s: float = Field(default=5.0, gt=0.0, le=60.0, description="Installer mode.")
+    stuck_s: float = Field(default=30.0, gt=0.0, le=3600.0, description="Held this long: stuck.")
+    leds: Literal["rgb", "separate"] = Field(default="rgb", description="One RGB LED or three.")
+    rgb_pins: tuple[BcmPin, BcmPin, BcmPin] = Field(
+        default=(12, 13, 19), description="Red, green, blue pins of the RGB LED (PWM)."
+    )
+    green_pin: BcmPin = Field(default=5, description="Green LED, when leds = 'separate'.")
+    amber_pin: BcmPin = Field(default=6, description="Amber LED, when leds = 'separate'.")
+    red_pin: BcmPin = Field(default=26, description="Red LED, when leds = 'separate'.")
+    active_high: bool = Field(default=True, description="False for common-anode LEDs.")
+    buzzer_pin: BcmPin | None = Field(default=None, description="Active buzzer; not set: none.")
+    ready_level: float = Field(default=0.1, ge=0.0, le=1.0, description="'ready' brightness.")
+    measure_window_s: float = Field(default=120.0, gt=0.0, le=3600.0)
+    pairing_window_s: float = Field(default=300.0, gt=0.0, le=3600.0)
+    sent_s: float = Field(default=10.0, gt=0.0, le=600.0)
+    stored_later_s: float = Field(default=10.0, gt=0.0, le=600.0)
+    send_wait_s: float = Field(default=30.0, gt=0.0, le=600.0)
+    help_after_failures: int = Field(default=3, ge=1, le=1000)
+    offline_help_s: float = Field(default=21600.0, gt=0.0, le=30 * 86400.0)
+
+    @model_validator(mode="after")
+    def _distinct_pins(self) -> PanelSection:
+        leds = (
+            list(self.rgb_pins)
+            if self.leds == "rgb"
+            else [self.green_pin, self.amber_pin, self.red_pin]
+        )
+        pins = [p for p in (self.button_pin, *leds, self.buzzer_pin) if p is not None]
+        if len(set(pins)) != len(pins):
+            raise ValueError(f"a pin is used twice: {pins} (button, LEDs, buzzer)")
+        if self.stuck_s <= self.long_press_s:
+            raise ValueError("stuck_s must be longer than long_press_s")
+        return self
+
+
 class HubConfig(_Section):
     """The whole file. `devices` is replaced by a driver-discriminated union at load time."""
 
@@ -132,6 +244,7 @@ class HubConfig(_Section):
     mqtt: MqttSection = MqttSection()
     store: StoreSection = StoreSection()
     ble: BleSection = BleSection()
+    panel: PanelSection = PanelSection()
     devices: list[DriverOptions] = Field(default_factory=list)
 
     @property
@@ -144,17 +257,9 @@ class HubConfig(_Section):
 
     @model_validator(mode="after")
     def _unique_device_ids(self) -> HubConfig:
-        seen: dict[str, int] = {}
-        problems = []
-        for index, device in enumerate(self.devices):
-            if device.id in seen:
-                problems.append(
-                    f"devices[{index}].id: duplicate id {device.id!r} "
-                    f"(also devices[{seen[device.id]}])"
-                )
-            seen.setdefault(device.id, index)
+        problems = duplicate_device_ids([{"id": device.id} for device in self.devices])
         if problems:
-            raise ValueError("; ".join(problems))
+            raise PydanticCustomError(_CROSS_FIELD, "; ".join(problems))
         return self
 
 
@@ -162,11 +267,12 @@ def config_model(registry: DriverRegistry) -> type[HubConfig]:
     """HubConfig whose `devices` items are validated by each driver's own Options model."""
     variants: list[Any] = []
     for name, driver in registry.items():
+        tag: Any = Literal[name]
         variants.append(
             create_model(
                 f"Device[{name}]",
                 __base__=driver.Options,
-                driver=(Literal[name], Field(description="Driver name.")),  # type: ignore[arg-type]
+                driver=(tag, Field(description="Driver name.")),
             )
         )
     if not variants:
@@ -197,44 +303,112 @@ def _field_path(loc: Sequence[int | str], driver_names: set[str]) -> str:
     return "".join(parts) or "(file)"
 
 
-def _message(error: ErrorDetails, registry: DriverRegistry) -> str:
+def _driver_problem(given: object, registry: DriverRegistry) -> str:
+    known = ", ".join(registry.names()) or "none installed"
+    if given is None:
+        return f"required, but missing (one of: {known})"
+    reason = registry.broken.get(str(given))
+    if reason:
+        return f"driver {given!r} is installed but failed to load: {reason}"
+    return f"unknown driver {given!r} (known: {known})"
+
+
+def _message(error: ErrorDetails, registry: DriverRegistry) -> str:  # noqa: PLR0911
     kind = error["type"]
+    loc = error["loc"]
     if kind == "extra_forbidden":
         return "unknown key (not an option here; check the spelling)"
     if kind == "missing":
         return "required, but missing"
-    if kind in ("union_tag_invalid", "union_tag_not_found", "literal_error"):
+    if kind in ("union_tag_invalid", "union_tag_not_found") or (
+        kind == "literal_error" and loc and loc[-1] == "driver"
+    ):
         given = error.get("input")
         if isinstance(given, dict):
             given = given.get("driver")
-        known = ", ".join(registry.names()) or "none installed"
-        reason = registry.broken.get(str(given))
-        if reason:
-            return f"driver {given!r} is installed but failed to load: {reason}"
-        if given is None:
-            return f"required, but missing (one of: {known})"
-        return f"unknown driver {given!r} (known: {known})"
+        return _driver_problem(given, registry)
+    if kind == "string_pattern_mismatch":
+        pattern = str((error.get("ctx") or {}).get("pattern", ""))
+        if pattern in _PATTERN_HELP:
+            return f"{error.get('input')!r} is not allowed here: {_PATTERN_HELP[pattern]}"
     if kind == "path_not_file":
         return f"file not found or not a regular file: {error.get('input')}"
     if kind == "value_error":
         # pydantic prefixes our own ValueError messages with "Value error, ".
         return error["msg"].removeprefix("Value error, ")
+    if kind.endswith(("_type", "_parsing")) and "input" in error:
+        # A wrong TOML type: show what was written (`port = "1883"`, `count = true`).
+        written = json.dumps(error["input"], default=str)
+        if len(written) <= 60:
+            return f"{error['msg']}, got {written}"
     return error["msg"]
 
 
+def _file_order(problem: str) -> tuple[int, int]:
+    """Sort key: whole-file and section problems first, then devices in file order."""
+    match = re.match(r"devices\[(\d+)\]", problem)
+    return (1, int(match.group(1))) if match else (0, 0)
+
+
+def _json_default(value: object) -> str:
+    # TOML has dates and times, JSON does not: pass them on as ISO 8601 text.
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not a TOML value: {type(value).__name__}")
+
+
+def _raw_problems(data: Mapping[str, Any], registry: DriverRegistry) -> tuple[list[str], set[int]]:
+    """Checks that need the whole file, run on the raw TOML so they are always reported.
+
+    Returns the problems and the indexes of `[[devices]]` tables whose driver is
+    missing or unknown: their other keys cannot be checked, so errors about them
+    would be noise.
+    """
+    problems: list[str] = []
+    mqtt = data.get("mqtt")
+    if isinstance(mqtt, Mapping):
+        problems.extend(
+            f"mqtt.{name}: {message}" for name, message in mqtt_cross_field_problems(mqtt)
+        )
+    devices = data.get("devices")
+    unchecked: set[int] = set()
+    if isinstance(devices, list):
+        names = set(registry.names())
+        for index, device in enumerate(devices):
+            if not isinstance(device, Mapping):
+                continue
+            given = device.get("driver")
+            if not isinstance(given, str) or given not in names:
+                unchecked.add(index)
+                problems.append(f"devices[{index}].driver: {_driver_problem(given, registry)}")
+        problems.extend(duplicate_device_ids(devices))
+    return problems, unchecked
+
+
 def validate_config(data: dict[str, Any], registry: DriverRegistry) -> HubConfig:
-    """Validate parsed TOML; raise ConfigError listing every problem."""
+    """Validate parsed TOML; raise ConfigError listing every problem.
+
+    Validation is strict (TOML is typed: `port = "1883"` or `keepalive_s = true`
+    is a mistake, not something to guess at).
+    """
     model = config_model(registry)
+    raw_problems, unchecked = _raw_problems(data, registry)
     try:
-        return model.model_validate(data)
+        text = json.dumps(data, default=_json_default)
+        config = model.model_validate_json(text, strict=True)
     except ValidationError as exc:
         names = set(registry.names())
-        problems: list[str] = []
+        problems = list(raw_problems)
         for error in exc.errors():
             loc = error["loc"]
-            if error["type"] == "value_error" and str(error["msg"]).find("devices[") >= 0:
-                # Our duplicate-id check names its own fields.
-                problems.extend(p for p in _message(error, registry).split("; "))
+            if len(loc) >= 2 and loc[0] == "devices" and loc[1] in unchecked:
+                continue
+            if error["type"] == _CROSS_FIELD:
+                # Reported above already, unless the raw check missed it.
+                prefix = _field_path(loc, names) + "." if loc else ""
+                problems.extend(prefix + part for part in error["msg"].split("; "))
                 continue
             if loc and loc[-1] == "driver" and error["type"] == "union_tag_invalid":
                 loc = loc[:-1]
@@ -242,7 +416,12 @@ def validate_config(data: dict[str, Any], registry: DriverRegistry) -> HubConfig
             if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
                 path = _field_path((*loc, "driver"), names)
             problems.append(f"{path}: {_message(error, registry)}")
-        raise ConfigError(problems) from None
+        unique = list(dict.fromkeys(problems))
+        raise ConfigError(sorted(unique, key=_file_order)) from None
+    if raw_problems:
+        # The model runs the same checks, except for drivers when none is installed.
+        raise ConfigError(sorted(raw_problems, key=_file_order))
+    return config
 
 
 def load_config(path: Path, registry: DriverRegistry) -> HubConfig:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -32,17 +32,21 @@ from gateway.events import (
     DiskOk,
     Event,
     EventBus,
+    HubStarted,
     ReadingDelivered,
     ReadingsDropped,
     ReadingStored,
     UplinkDown,
     UplinkUp,
 )
+from gateway.panel import Panel, create_panel
 from gateway.reading import Reading
+from gateway.sdnotify import SystemdNotifier
 from gateway.status import DeviceStatus, StatusTracker
 from gateway.store import Store
 from gateway.uplink.mqtt import MqttUplink
 from gateway.uplink.payload import encode_status
+from gateway.windows import CommandWindow
 
 log = logging.getLogger(__name__)
 
@@ -76,20 +80,30 @@ class Hub:
         *,
         clock: Clock | None = None,
         events: EventBus | None = None,
-        on_ready: Callable[[], None] | None = None,
+        notifier: SystemdNotifier | None = None,
         max_page_count: int | None = None,
+        pin_factory: Any | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
         self.clock: Clock = clock or SystemClock()
         self.events = events or EventBus()
         self.status = StatusTracker(gateway_id=config.gateway.id)
-        self._on_ready = on_ready
+        self.notifier = notifier or SystemdNotifier(environ={})
         self._max_page_count = max_page_count
         self._stop = asyncio.Event()
         self.store: Store | None = None
         self.uplink: MqttUplink | None = None
+        self._uplink_task: asyncio.Task[None] | None = None
         self._driver_tasks: dict[str, asyncio.Task[None]] = {}
+        self._reload_lock = asyncio.Lock()
+        #: 0 after a requested stop; 1 when the hub stopped itself because a part failed.
+        self.exit_code = 0
+        # The panel's commands; drivers consult them through their DriverContext.
+        self.measure = CommandWindow("measure", config.panel.measure_window_s, self.events.publish)
+        self.pairing = CommandWindow("pairing", config.panel.pairing_window_s, self.events.publish)
+        self._pin_factory = pin_factory  # gpiozero's; None: chosen by [panel] backend
+        self.panel: Panel | None = None
         #: shared by the BLE drivers; opens nothing until a driver scans
         self.ble = BleRuntime(config.ble)
 
@@ -99,6 +113,24 @@ class Hub:
 
     async def run(self) -> None:
         cfg = self.config
+        # First, so the patient sees "starting" (and a broken gpio backend fails early).
+        self.panel = create_panel(
+            cfg.panel,
+            self.events,
+            pin_factory=self._pin_factory,
+            on_measure=self.measure.open,
+            on_pairing=self.pairing.open,
+        )
+        self.panel.start()
+        try:
+            await self._run()
+        finally:
+            self.measure.close()
+            self.pairing.close()
+            await self.panel.close()
+
+    async def _run(self) -> None:
+        cfg = self.config
         store = await Store.open(
             cfg.store_path,
             gateway_id=cfg.gateway.id,
@@ -106,57 +138,171 @@ class Hub:
             max_readings=cfg.store.max_readings,
             max_page_count=self._max_page_count,
             on_dropped=self._on_dropped,
+            on_committed=self._on_committed,
         )
         self.store = store
-        uplink = MqttUplink(
-            cfg.mqtt,
-            gateway_id=cfg.gateway.id,
-            client_id=cfg.client_id,
-            store=store,
-            events=self.events,
-            status_document=self._status_payload,
-            version=__version__,
-        )
-        self.uplink = uplink
         self.events.subscribe(self._track_uplink)
-        background = [
-            asyncio.create_task(uplink.run(), name="uplink"),
-            asyncio.create_task(self._housekeeping(), name="housekeeping"),
-        ]
+        self._start_uplink(cfg)
+        background = [asyncio.create_task(self._housekeeping(), name="housekeeping")]
+        if self.notifier.watchdog_interval_s is not None:
+            background.append(asyncio.create_task(self._watchdog(), name="watchdog"))
         for options in cfg.devices:
-            self.status.devices[options.id] = DeviceStatus(driver=options.driver)
-            self._driver_tasks[options.id] = asyncio.create_task(
-                self._supervise(options), name=f"driver-{options.id}"
-            )
+            self._start_driver(options)
         log.info(
             "homehub %s started: gateway %s, %d device(s)",
             __version__,
             cfg.gateway.id,
             len(cfg.devices),
         )
-        if self._on_ready is not None:
-            self._on_ready()
+        self.events.publish(HubStarted())
+        # Issue 6: READY=1 only once the config is valid and the store is open.
+        self.notifier.ready(f"running with {len(cfg.devices)} device(s)")
         try:
             await self._stop.wait()
         finally:
-            await self._shutdown(store, uplink, background)
+            self.notifier.stopping()
+            await self._shutdown(store, background)
 
-    async def _shutdown(
-        self, store: Store, uplink: MqttUplink, background: list[asyncio.Task[None]]
-    ) -> None:
+    async def _shutdown(self, store: Store, background: list[asyncio.Task[None]]) -> None:
+        # A reload in progress finishes first, so nothing it starts outlives the stop.
+        async with self._reload_lock:
+            await self._shutdown_locked(store, background)
+
+    async def _shutdown_locked(self, store: Store, background: list[asyncio.Task[None]]) -> None:
         log.info("stopping: drivers first, then the uplink, then the store")
         for task in self._driver_tasks.values():
             task.cancel()
         await asyncio.gather(*self._driver_tasks.values(), return_exceptions=True)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.ble.close(), 2.0)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(uplink.stop(UPLINK_GRACE_S), UPLINK_GRACE_S + 1.5)
+            async with asyncio.timeout(2.0):
+                await self.ble.close()
+        await self._stop_uplink()
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         await store.close()
         log.info("stopped")
+
+    def _start_uplink(self, cfg: HubConfig) -> None:
+        assert self.store is not None
+        self.uplink = MqttUplink(
+            cfg.mqtt,
+            gateway_id=cfg.gateway.id,
+            client_id=cfg.client_id,
+            store=self.store,
+            events=self.events,
+            status_document=self._status_payload,
+            version=__version__,
+        )
+        self._uplink_task = asyncio.create_task(self.uplink.run(), name="uplink")
+        self._uplink_task.add_done_callback(self._uplink_ended)
+
+    def _uplink_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._stop.is_set() or task is not self._uplink_task:
+            return
+        # The uplink never ends on its own; if it did, readings would pile up
+        # unseen. Exit non-zero so systemd (Restart=on-failure) starts us afresh.
+        exc = task.exception()
+        log.critical("the uplink stopped unexpectedly (%r); exiting to be restarted", exc)
+        self.exit_code = 1
+        self.stop()
+
+    async def _stop_uplink(self) -> None:
+        uplink, task = self.uplink, self._uplink_task
+        if uplink is None or task is None:
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(uplink.stop(UPLINK_GRACE_S), UPLINK_GRACE_S + 1.5)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        self.uplink, self._uplink_task = None, None
+
+    def _start_driver(self, options: DriverOptions) -> None:
+        self.status.devices[options.id] = DeviceStatus(driver=options.driver)
+        self._driver_tasks[options.id] = asyncio.create_task(
+            self._supervise(options), name=f"driver-{options.id}"
+        )
+
+    async def _stop_driver(self, device_id: str) -> None:
+        task = self._driver_tasks.pop(device_id, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self.status.devices.pop(device_id, None)
+
+    # -- reload (SIGHUP) -----------------------------------------------------------
+
+    async def reload(self, new: HubConfig) -> None:
+        """Apply a validated new config: devices and [mqtt] take effect at once.
+
+        A removed or changed device's driver is cancelled; anything it had
+        handed to `emit` is committed regardless (the store's batch completes),
+        and what it had not yet emitted its device still holds. [gateway] and
+        [store] are where readings live and under which ids: they change only
+        with a restart.
+        """
+        if self.store is None or self._stop.is_set():
+            log.warning("reload: the hub is not running (yet); ignored")
+            return
+        async with self._reload_lock:
+            if self._stop.is_set():
+                return
+            self.notifier.reloading()
+            old = self.config
+            if new.gateway != old.gateway or new.store != old.store:
+                log.warning("reload: [gateway] and [store] changes take effect on restart only")
+                new = new.model_copy(update={"gateway": old.gateway, "store": old.store})
+            if new.ble != old.ble:
+                # The BLE drivers share one runtime on one adapter: it changes on restart.
+                log.warning("reload: [ble] changes take effect on restart only")
+                new = new.model_copy(update={"ble": old.ble})
+            # Compare by content: each load builds fresh option classes, and two
+            # pydantic models of different classes never compare equal.
+            old_devices = {d.id: d.model_dump() for d in old.devices}
+            new_devices = {d.id: d.model_dump() for d in new.devices}
+            for device_id, options in old_devices.items():
+                if new_devices.get(device_id) != options:
+                    await self._stop_driver(device_id)
+            self.config = new
+            if new.mqtt != old.mqtt or new.client_id != old.client_id:
+                log.info("reload: broker settings changed; reconnecting")
+                await self._stop_uplink()
+                self._start_uplink(new)
+            for device in new.devices:
+                if old_devices.get(device.id) != new_devices[device.id]:
+                    self._start_driver(device)
+            added = len(new_devices.keys() - old_devices.keys())
+            removed = len(old_devices.keys() - new_devices.keys())
+            log.info(
+                "reload: %d device(s) now, %d added, %d removed", len(new_devices), added, removed
+            )
+            self._status_changed()
+            self.notifier.ready(f"running with {len(new_devices)} device(s)")
+
+    # -- watchdog ------------------------------------------------------------------
+
+    async def _watchdog(self) -> None:
+        """WATCHDOG=1 from the event loop itself, and only while the store answers.
+
+        A blocked loop cannot run this task, and a store thread stuck on a dead
+        SD card does not answer the ping: either way the pings stop and systemd
+        restarts the service (WatchdogSec=).
+        """
+        interval = self.notifier.watchdog_interval_s
+        assert interval is not None and self.store is not None
+        tick = interval / 2  # sd_watchdog_enabled(3): ping at half the interval
+        while True:
+            uplink = self._uplink_task
+            try:
+                await asyncio.wait_for(self.store.ping(), tick)
+            except Exception as exc:
+                log.error("watchdog: the store did not answer (%s); not petting the watchdog", exc)
+            else:
+                if uplink is not None and uplink.done():
+                    log.error("watchdog: the uplink is not running; not petting the watchdog")
+                else:
+                    self.notifier.watchdog()
+            await asyncio.sleep(tick)
 
     # -- drivers -----------------------------------------------------------------
 
@@ -164,14 +310,37 @@ class Hub:
         async def emit(reading: Reading) -> StoredReading:
             return await self._emit(options, reading)
 
+        def report(problem: str | None) -> None:
+            self._report(options.id, problem)
+
         return DriverContext(
             device_id=options.id,
             clock=self.clock,
             logger=logging.getLogger(f"gateway.device.{options.id}"),
             emit=emit,
+            measure=self.measure,
+            pairing=self.pairing,
+            report=report,
             cursors=self.store,
             services={BleRuntime: self.ble},
         )
+
+    def _report(self, device_id: str, problem: str | None) -> None:
+        """A driver reports a problem it handles itself (or that it is over)."""
+        device = self.status.devices[device_id]
+        if problem is not None:
+            if device.state == "failing" and device.last_error == problem:
+                return
+            device.state = "failing"
+            device.last_error = problem
+            self.events.publish(DeviceFailing(device_id, problem))
+        elif device.state == "failing":
+            device.state = "ok"
+            device.last_error = None
+            self.events.publish(DeviceRecovered(device_id))
+        else:
+            return
+        self._status_changed()
 
     async def _emit(self, options: DriverOptions, reading: Reading) -> StoredReading:
         if reading.device_id != options.id or reading.driver != options.driver:
@@ -202,9 +371,11 @@ class Hub:
                 self.events.publish(DeviceRecovered(options.id))
             self._status_changed()
         self.events.publish(ReadingStored(options.id, stored.id, stored.duplicate))
-        if self.uplink is not None and not stored.duplicate:
-            self.uplink.notify_new_reading()
         return stored
+
+    def _on_committed(self) -> None:
+        if self.uplink is not None:
+            self.uplink.notify_new_reading()
 
     async def _supervise(self, options: DriverOptions) -> None:
         driver_class = self.registry.get(options.driver)
@@ -268,7 +439,8 @@ class Hub:
     async def _status_payload(self) -> bytes:
         assert self.store is not None
         stats = await self.store.stats()
-        return encode_status(self.status.document(stats))
+        held_back = self.uplink.held_back if self.uplink is not None else 0
+        return encode_status(self.status.document(stats, held_back=held_back))
 
     async def _housekeeping(self) -> None:
         """Purge delivered readings after the retention; checkpoint in NORMAL mode."""

@@ -79,6 +79,55 @@ class DiskOk(Event):
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class HubStarted(Event):
+    """The daemon is up: store open, uplink and drivers started."""
+
+
+@dataclass(frozen=True, slots=True)
+class WindowOpened(Event):
+    """A command window opened or was extended ("measure" now, BLE "pairing")."""
+
+    kind: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class WindowClosed(Event):
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class ButtonStuck(Event):
+    """The panel's button has been held far too long; reported once per episode."""
+
+    held_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ButtonReleased(Event):
+    """A stuck button was released."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClockWrong(Event):
+    """The hub's wall clock is implausible (nothing publishes this yet)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClockOk(Event):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class PanelShows(Event):
+    """The panel changed what it shows (its state's name, e.g. "sent")."""
+
+    state: str
+
+
 Subscriber = Callable[[Event], None]
 
 

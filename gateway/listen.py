@@ -22,8 +22,8 @@ from typing import Any, TextIO
 import jsonschema
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.schemas import load_schema
@@ -84,7 +84,9 @@ def listen(options: ListenOptions, out: TextIO = sys.stdout, err: TextIO = sys.s
     if options.username:
         client.username_pw_set(options.username, options.password)
     if options.ca_file:
-        client.tls_set(ca_certs=options.ca_file, certfile=options.cert_file, keyfile=options.key_file)
+        client.tls_set(
+            ca_certs=options.ca_file, certfile=options.cert_file, keyfile=options.key_file
+        )
     topics = [(f"{options.prefix}/+/readings/#", 1), (f"{options.prefix}/+/status", 1)]
 
     def on_connect(c: paho.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
@@ -154,12 +156,16 @@ def listen(options: ListenOptions, out: TextIO = sys.stdout, err: TextIO = sys.s
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
     client.connect_async(
-        options.host, options.port, keepalive=30,
-        clean_start=options.session is None, properties=properties,
+        options.host,
+        options.port,
+        keepalive=30,
+        clean_start=options.session is None,
+        properties=properties,
     )
     client.loop_start()
     timer = None
     if options.timeout_s > 0:
+
         def expire() -> None:
             timed_out.set()
             done.set()

@@ -21,6 +21,10 @@ from gateway.mdc import MdcCode
 # namespace would give a re-read record a new id and the backend a duplicate.
 READING_ID_NAMESPACE = uuid.UUID("6c1d0f3e-8b7a-5d2e-9f41-2a7c3b9e0d15")
 
+# Same as gateway.drivers.base.ID_PATTERN (which imports this module): the device
+# id goes into MQTT topics and the payload schema requires this form.
+_DEVICE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
 
 class Kind(StrEnum):
     """What a reading measures; one per device class."""
@@ -61,8 +65,8 @@ class Reading(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    device_id: str
-    driver: str
+    device_id: str = Field(pattern=_DEVICE_ID_PATTERN)
+    driver: str = Field(min_length=1)
     kind: Kind
     measured_at: AwareDatetime
     # "device" when the device's own clock stamped it, "hub" when the hub did.
@@ -73,6 +77,12 @@ class Reading(BaseModel):
     # device timestamp). When present the id is derived from it, so the same
     # record read twice is stored once and published under one id.
     source_key: str | None = None
+
+    @field_validator("status")
+    @classmethod
+    def _unique_status(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        # The payload schema says status items are unique; keep the first of each.
+        return tuple(dict.fromkeys(v))
 
 
 def reading_id(gateway_id: str, reading: Reading) -> str:

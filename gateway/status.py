@@ -40,7 +40,9 @@ class StatusTracker:
     disk_full: bool = False
     store_full: bool = False
 
-    def document(self, stats: StoreStats, *, now: float | None = None) -> dict[str, Any]:
+    def document(
+        self, stats: StoreStats, *, now: float | None = None, held_back: int = 0
+    ) -> dict[str, Any]:
         """The `homehub.status/1` document (online)."""
         now = time.time() if now is None else now
         oldest = stats.oldest_unsent_at
@@ -55,6 +57,7 @@ class StatusTracker:
             "unsent": stats.unsent,
             "oldest_unsent_age_s": None if oldest is None else round(max(0.0, now - oldest), 1),
             "last_delivery_at": iso_utc(stats.last_delivery_at),
+            "uplink": {"connected": self.uplink_connected, "held_back": held_back},
             "store": {
                 "dropped": stats.dropped,
                 "full": self.store_full,

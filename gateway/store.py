@@ -18,6 +18,7 @@ import asyncio
 import logging
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ SCHEMA_VERSION = 1
 SQLITE_FULL = 13
 _SYNC_LEVEL = {"full": 2, "normal": 1}
 _DELETE_BATCH = 500
+DROP_LOG_INTERVAL_S = 60.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -129,16 +131,26 @@ class SqliteOutbox:
         self.read_only = read_only
         if read_only:
             # mode=ro: `homehub status` must never write to a store the daemon owns.
-            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
-            self._db.execute("PRAGMA query_only = ON")
+            # Quote the path: '?', '#' and '%' mean something in a URI.
+            uri = f"file:{urllib.parse.quote(str(path.absolute()))}?mode=ro"
+            try:
+                self._db = sqlite3.connect(uri, uri=True, timeout=5.0)
+                self._db.execute("PRAGMA query_only = ON")
+                self._db.execute("SELECT count(*) FROM readings").fetchone()
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"{path}: cannot open store read-only: {exc}") from exc
             self._count = 0
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, timeout=5.0, isolation_level=None)
-        self._configure(synchronous, max_page_count)
-        self._db.executescript(_SCHEMA)
-        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        self._count = int(self._db.execute("SELECT count(*) FROM readings").fetchone()[0])
+        try:
+            self._configure(synchronous, max_page_count)
+            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._count = int(self._db.execute("SELECT count(*) FROM readings").fetchone()[0])
+        except BaseException:
+            self._db.close()
+            raise
 
     def _configure(self, synchronous: str, max_page_count: int | None) -> None:
         db = self._db
@@ -151,14 +163,25 @@ class SqliteOutbox:
             db.execute(f"PRAGMA max_page_count = {int(max_page_count)}")
         # Verify: a pragma SQLite did not take is silently ignored, and a store
         # that is not what we think it is must not pretend to be durable.
-        actual = {
-            "journal_mode": mode,
-            "synchronous": db.execute("PRAGMA synchronous").fetchone()[0],
-            "secure_delete": db.execute("PRAGMA secure_delete").fetchone()[0],
+        actual = {**self.pragmas(), "journal_mode": mode}
+        wanted = {
+            "journal_mode": "wal",
+            "synchronous": _SYNC_LEVEL[synchronous],
+            "secure_delete": 1,
         }
-        wanted = {"journal_mode": "wal", "synchronous": _SYNC_LEVEL[synchronous], "secure_delete": 1}
         if actual != wanted:
-            raise StoreError(f"{self.path}: SQLite refused the pragmas: wanted {wanted}, got {actual}")
+            raise StoreError(
+                f"{self.path}: SQLite refused the pragmas: wanted {wanted}, got {actual}"
+            )
+
+    def pragmas(self) -> dict[str, Any]:
+        """The durability pragmas as SQLite reports them on this connection."""
+        names = ("journal_mode", "synchronous", "secure_delete")
+        return {name: self._db.execute(f"PRAGMA {name}").fetchone()[0] for name in names}
+
+    def set_max_page_count(self, pages: int) -> int:
+        """Change the page limit ("disk full" on demand); returns the limit now in force."""
+        return int(self._db.execute(f"PRAGMA max_page_count = {int(pages)}").fetchone()[0])
 
     # -- writing ---------------------------------------------------------------
 
@@ -188,7 +211,9 @@ class SqliteOutbox:
         """Commit `rows` in one transaction, enforcing the size bound first."""
 
         def work(db: sqlite3.Connection) -> tuple[AddReport, int, int]:
-            deleted, dropped = self._make_room(db, len(rows))
+            # Count only readings that will really be new: a device re-sending
+            # records we hold must not push unsent readings out of the store.
+            deleted, dropped = self._make_room(db, self._count_new(db, rows))
             results: list[AddResult] = []
             inserted = 0
             for row in rows:
@@ -215,6 +240,21 @@ class SqliteOutbox:
         report, inserted, deleted = self._write(work)
         self._count += inserted - deleted
         return report
+
+    @staticmethod
+    def _count_new(db: sqlite3.Connection, rows: Sequence[NewRow]) -> int:
+        ids = list(dict.fromkeys(row.id for row in rows))
+        known = 0
+        for start in range(0, len(ids), _DELETE_BATCH):
+            chunk = ids[start : start + _DELETE_BATCH]
+            marks = ",".join("?" * len(chunk))
+            known += int(
+                db.execute(
+                    f"SELECT count(*) FROM readings WHERE id IN ({marks})",  # noqa: S608
+                    chunk,
+                ).fetchone()[0]
+            )
+        return len(ids) - known
 
     def _make_room(self, db: sqlite3.Connection, incoming: int) -> tuple[int, int]:
         """Keep at most max_readings rows: drop delivered first, then the oldest unsent.
@@ -257,11 +297,13 @@ class SqliteOutbox:
                     (at, *chunk),
                 )
                 changed += cur.rowcount
-            db.execute(
-                "INSERT INTO meta(key, value) VALUES ('last_delivery_at', ?)"
-                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (at,),
-            )
+            if changed:
+                # Only a real delivery counts: the status must not claim one.
+                db.execute(
+                    "INSERT INTO meta(key, value) VALUES ('last_delivery_at', ?)"
+                    " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (at,),
+                )
             return changed
 
         return self._write(work)
@@ -302,6 +344,9 @@ class SqliteOutbox:
         ).fetchone()
         return None if row is None else int(row[0])
 
+    def ping(self) -> None:
+        self._db.execute("SELECT 1").fetchone()
+
     def checkpoint(self) -> None:
         """Copy the WAL into the database file (and fsync it): the NORMAL-mode safety net."""
         self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
@@ -337,8 +382,9 @@ class SqliteOutbox:
         return StoreStats(
             unsent=int(unsent),
             oldest_unsent_at=None if oldest is None else float(oldest),
-            last_delivery_at=None if meta.get("last_delivery_at") is None
-            else float(meta["last_delivery_at"]),
+            last_delivery_at=(
+                None if meta.get("last_delivery_at") is None else float(meta["last_delivery_at"])
+            ),
             dropped=int(meta.get("dropped") or 0),
             total=int(total),
             devices=devices,
@@ -360,12 +406,18 @@ class Store:
         *,
         gateway_id: str,
         on_dropped: Callable[[int], None] | None = None,
+        on_committed: Callable[[], None] | None = None,
     ) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="homehub-store")
         self._factory = outbox_factory
         self._outbox: SqliteOutbox | None = None
         self._gateway_id = gateway_id
         self._on_dropped = on_dropped
+        # Told after every commit that added readings, whoever was waiting for
+        # it: a driver cancelled mid-emit still gets its reading published.
+        self._on_committed = on_committed
+        self._drop_logged_at = -DROP_LOG_INTERVAL_S
+        self._dropped_unlogged = 0
         self._pending: list[tuple[NewRow, asyncio.Future[StoredReading]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self.disk_full = False
@@ -381,6 +433,7 @@ class Store:
         max_readings: int = 500_000,
         max_page_count: int | None = None,
         on_dropped: Callable[[int], None] | None = None,
+        on_committed: Callable[[], None] | None = None,
     ) -> Store:
         store = cls(
             lambda: SqliteOutbox(
@@ -391,6 +444,7 @@ class Store:
             ),
             gateway_id=gateway_id,
             on_dropped=on_dropped,
+            on_committed=on_committed,
         )
         try:
             store._outbox = await store._run(store._factory)
@@ -456,18 +510,33 @@ class Store:
             if self.disk_full:
                 log.warning("store: writing again after a full disk")
             self.disk_full = False
-            if report.dropped_now:
-                self.dropped_since_start += report.dropped_now
-                log.error(
-                    "store: bound of %d readings reached; dropped the %d oldest unsent",
-                    self.outbox.max_readings,
-                    report.dropped_now,
-                )
-                if self._on_dropped is not None:
-                    self._on_dropped(report.dropped_now)
+            # Answer the waiting drivers first: nothing below may leave them hanging.
             for (row, future), result in zip(batch, report.results, strict=True):
                 if not future.done():
                     future.set_result(StoredReading(row.id, result.seq, result.duplicate))
+            if self._on_committed is not None and not all(r.duplicate for r in report.results):
+                try:
+                    self._on_committed()
+                except Exception:
+                    log.exception("store: on_committed callback failed")
+            if report.dropped_now:
+                self.dropped_since_start += report.dropped_now
+                self._dropped_unlogged += report.dropped_now
+                # Loud, but not a flood: offline at the bound, every new reading
+                # drops one; say so at once, then at most once a minute.
+                now = time.monotonic()
+                if now - self._drop_logged_at >= DROP_LOG_INTERVAL_S:
+                    log.error(
+                        "store: bound of %d readings reached; dropped the %d oldest unsent",
+                        self.outbox.max_readings,
+                        self._dropped_unlogged,
+                    )
+                    self._drop_logged_at, self._dropped_unlogged = now, 0
+                if self._on_dropped is not None:
+                    try:
+                        self._on_dropped(report.dropped_now)
+                    except Exception:
+                        log.exception("store: on_dropped callback failed")
 
     async def fetch_unsent(
         self, after_seq: int, limit: int, skip_devices: Sequence[str] = ()
@@ -492,8 +561,15 @@ class Store:
     async def checkpoint(self) -> None:
         await self._run(self.outbox.checkpoint)
 
+    async def ping(self) -> None:
+        """Round trip through the store's thread and SQLite: is the store alive?"""
+        await self._run(self.outbox.ping)
+
     async def stats(self) -> StoreStats:
         return await self._run(self.outbox.stats)
+
+    async def set_max_page_count(self, pages: int) -> int:
+        return await self._run(self.outbox.set_max_page_count, pages)
 
     async def close(self) -> None:
         if self._flusher is not None:

@@ -32,6 +32,11 @@ if ! command -v openssl >/dev/null; then
     apt_install openssl
 fi
 
+if ! command -v systemd-analyze >/dev/null; then
+    echo "bootstrap: installing systemd (the tests verify the unit with systemd-analyze)" >&2
+    apt_install systemd
+fi
+
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
     echo "bootstrap: $PYTHON is older than 3.11; set PYTHON=python3.11" >&2
     exit 1

@@ -11,6 +11,7 @@ import pytest
 from gateway.drivers.registry import DriverRegistry
 from gateway.sim.broker import MosquittoBroker
 from tests.helpers import Listener
+from tests.virtual_time import virtual  # noqa: F401 - the panel's virtual-time fixture
 
 
 @pytest.fixture

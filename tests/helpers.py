@@ -55,7 +55,9 @@ def load(path: Path) -> HubConfig:
     return validate_config(tomllib.loads(path.read_text()), DriverRegistry.from_entry_points())
 
 
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, step_s: float = 0.02) -> None:
+def wait_until(
+    predicate: Callable[[], bool], timeout_s: float, what: str, step_s: float = 0.02
+) -> None:
     """Poll a condition that has no event to await (e.g. another process's file)."""
     deadline = time.monotonic() + timeout_s
     while not predicate():
@@ -131,7 +133,17 @@ class Listener:
 def hub_process(config: Path, *extra: str, log_level: str = "INFO") -> subprocess.Popen[str]:
     """`homehub run` in a subprocess (its own process group)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "gateway", "--log-level", log_level, "run", "--config", str(config), *extra],
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "--log-level",
+            log_level,
+            "run",
+            "--config",
+            str(config),
+            *extra,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -159,7 +171,9 @@ class LineReader:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"no line containing {needle!r} in {timeout_s} s: {self.all[-10:]}")
+                raise AssertionError(
+                    f"no line containing {needle!r} in {timeout_s} s: {self.all[-10:]}"
+                )
             try:
                 line = self.lines.get(timeout=remaining)
             except queue.Empty:

@@ -31,10 +31,20 @@ def test_status_reads_the_store_while_the_hub_runs(
         broker=broker,
         state_dir=state,
         devices=[
-            {"id": "bp-1", "driver": "simulated", "kind": "blood_pressure", "interval_s": 0.0,
-             "count": 20},
-            {"id": "idle-1", "driver": "simulated", "kind": "weight", "interval_s": 3600.0,
-             "count": 0},
+            {
+                "id": "bp-1",
+                "driver": "simulated",
+                "kind": "blood_pressure",
+                "interval_s": 0.0,
+                "count": 20,
+            },
+            {
+                "id": "idle-1",
+                "driver": "simulated",
+                "kind": "weight",
+                "interval_s": 3600.0,
+                "count": 0,
+            },
         ],
     )
     listener = listener_factory(broker.port)
@@ -67,17 +77,36 @@ def test_status_without_a_store_says_so(tmp_path: Path) -> None:
     assert "no store" in result.stderr
 
 
-def test_listen_count_exits_after_n_unique_readings(tmp_path: Path, broker: MosquittoBroker) -> None:
+def test_listen_count_exits_after_n_unique_readings(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
     config = write_config(
         tmp_path / "hub.toml",
         broker=broker,
         state_dir=tmp_path / "state",
-        devices=[{"id": "t-1", "driver": "simulated", "kind": "temperature", "interval_s": 0.05,
-                  "count": 0}],
+        devices=[
+            {
+                "id": "t-1",
+                "driver": "simulated",
+                "kind": "temperature",
+                "interval_s": 0.05,
+                "count": 0,
+            }
+        ],
     )
     listen = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "listen", "--port", str(broker.port), "--count", "5",
-         "--timeout", "30"],
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "listen",
+            "--port",
+            str(broker.port),
+            "--count",
+            "5",
+            "--timeout",
+            "30",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import tomllib
@@ -110,7 +111,9 @@ async def test_failing_driver_is_restarted_with_backoff_and_reported(
 
 
 async def test_full_disk_keeps_the_daemon_alive_and_the_file_sound(
-    tmp_path: Path, broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setattr("gateway.daemon.DRIVER_BACKOFF_INITIAL_S", 0.05)
@@ -120,8 +123,9 @@ async def test_full_disk_keeps_the_daemon_alive_and_the_file_sound(
         tmp_path / "hub.toml",
         broker=broker,
         state_dir=tmp_path / "state",
-        devices=[{"id": "bp-1", "driver": "simulated", "kind": "blood_pressure",
-                  "interval_s": 0.0}],
+        devices=[
+            {"id": "bp-1", "driver": "simulated", "kind": "blood_pressure", "interval_s": 0.0}
+        ],
         store={"retention_hours": 24.0},
     )
     events = EventBus()
@@ -156,8 +160,15 @@ async def test_store_bound_drops_oldest_loudly(
         tmp_path / "hub.toml",
         broker=None,
         state_dir=tmp_path / "state",
-        devices=[{"id": "oxi-1", "driver": "simulated", "kind": "pulse_oximeter",
-                  "interval_s": 0.0, "count": 150}],
+        devices=[
+            {
+                "id": "oxi-1",
+                "driver": "simulated",
+                "kind": "pulse_oximeter",
+                "interval_s": 0.0,
+                "count": 150,
+            }
+        ],
         mqtt={"port": free_port(), "reconnect_min_s": 0.5},
         store={"max_readings": 100},
     )
@@ -223,3 +234,42 @@ def test_describe_error_names_fields_but_never_values() -> None:
     assert "one-hundred-and-87" not in text
     assert "value" in text and "unit" in text
     assert describe_error(RuntimeError("port vanished")) == "RuntimeError: port vanished"
+
+
+def test_sigterm_while_connecting_into_a_black_hole_exits_within_5s(tmp_path: Path) -> None:
+    import socket
+
+    # A listener whose accept queue is full: the kernel drops further SYNs, as a
+    # dead mobile link does, so the hub's connect() hangs until its timeout.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        s = socket.socket()
+        s.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            s.connect(("127.0.0.1", port))
+        fillers.append(s)
+    path = write_config(
+        tmp_path / "hub.toml",
+        broker=None,
+        state_dir=tmp_path / "state",
+        devices=[{"id": "w-1", "driver": "simulated", "kind": "weight", "interval_s": 1.0}],
+        mqtt={"port": port, "connect_timeout_s": 30.0},
+    )
+    hub = hub_process(path, log_level="DEBUG")
+    out = LineReader(hub)
+    try:
+        out.wait_for("started", 15)
+        out.wait_for("mqtt: connecting to", 15)
+        started = time.monotonic()
+        hub.terminate()
+        assert hub.wait(timeout=20) == 0
+        assert time.monotonic() - started < 5.0
+    finally:
+        if hub.poll() is None:
+            hub.kill()
+        for s in [listener, *fillers]:
+            s.close()

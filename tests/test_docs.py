@@ -15,7 +15,14 @@ from pydantic import BaseModel
 
 from gateway import mdc
 from gateway.cli import build_parser
-from gateway.config import BleSection, GatewaySection, MqttSection, StoreSection, validate_config
+from gateway.config import (
+    BleSection,
+    GatewaySection,
+    MqttSection,
+    PanelSection,
+    StoreSection,
+    validate_config,
+)
 from gateway.drivers.registry import DriverRegistry
 from gateway.drivers.simulated import SimulatedOptions
 
@@ -30,11 +37,14 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "[mqtt]": MqttSection,
     "[store]": StoreSection,
     "[ble]": BleSection,
+    "[panel]": PanelSection,
     "[[devices]]": SimulatedOptions,
 }
 
 # `key = ...` or a commented-out `# key = ...` (an option whose default is "not set").
 _OPTION_LINE = re.compile(r"^\s*(?:#\s*)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
+# A commented-out device table (`# [[devices]]`): an example to uncomment.
+_COMMENTED_DEVICE = re.compile(r"^\s*#\s*\[\[devices\]\]\s*$")
 
 
 def homehub_command() -> list[str]:
@@ -55,11 +65,18 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def options_by_section(text: str) -> dict[str, set[str]]:
-    """Option keys (set or commented out) written under each table header."""
+    """Option keys (set or commented out) written under each table header.
+
+    Only the first `[[devices]]` table (the active example) counts here; the
+    commented-out device tables are checked per driver by `device_examples`.
+    """
     found: dict[str, set[str]] = {header: set() for header in SECTIONS}
     section: str | None = None
     for line in text.splitlines():
         stripped = line.strip()
+        if _COMMENTED_DEVICE.match(line):
+            section = None
+            continue
         if stripped.startswith("["):
             section = stripped
             assert section in SECTIONS, f"example.toml: unexpected table {section}"
@@ -68,6 +85,33 @@ def options_by_section(text: str) -> dict[str, set[str]]:
         if match and section is not None:
             found[section].add(match.group(1))
     return found
+
+
+def device_examples(text: str) -> list[tuple[set[str], dict[str, object]]]:
+    """Each commented-out `# [[devices]]` table: its keys and its values (uncommented)."""
+    blocks: list[list[str]] = []
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if _COMMENTED_DEVICE.match(line):
+            current = []
+            blocks.append(current)
+        elif line.strip().startswith("[") and not line.strip().startswith("#"):
+            current = None
+        elif current is not None and _OPTION_LINE.match(line):
+            current.append(line.strip().removeprefix("#").strip())
+    return [
+        ({line.split("=", 1)[0].strip() for line in block}, tomllib.loads("\n".join(block)))
+        for block in blocks
+    ]
+
+
+def own_drivers() -> dict[str, type[BaseModel]]:
+    """The drivers this package ships (third-party plug-ins document themselves)."""
+    return {
+        name: driver.Options
+        for name, driver in DriverRegistry.from_entry_points().items()
+        if driver.__module__.startswith("gateway.")
+    }
 
 
 def subcommands() -> set[str]:
@@ -109,6 +153,7 @@ def test_example_config_values_are_the_defaults() -> None:
         "[mqtt]": config.mqtt,
         "[store]": config.store,
         "[ble]": config.ble,
+        "[panel]": config.panel,
         "[[devices]]": config.devices[0],
     }
     raw = {
@@ -116,6 +161,7 @@ def test_example_config_values_are_the_defaults() -> None:
         "[mqtt]": data["mqtt"],
         "[store]": data["store"],
         "[ble]": data["ble"],
+        "[panel]": data["panel"],
         "[[devices]]": data["devices"][0],
     }
     for header, model in SECTIONS.items():
@@ -126,6 +172,31 @@ def test_example_config_values_are_the_defaults() -> None:
             value = getattr(validated[header], key)
             assert value == field.default, (
                 f"config/example.toml {header} {key} = {value!r}, but the default is "
+                f"{field.default!r}"
+            )
+
+
+def test_example_config_has_a_table_for_every_driver_with_every_option() -> None:
+    text = EXAMPLE.read_text("utf-8")
+    examples = {str(values["driver"]): (keys, values) for keys, values in device_examples(text)}
+    first = tomllib.loads(text)["devices"][0]
+    examples.setdefault(first["driver"], (options_by_section(text)["[[devices]]"], first))
+    drivers = own_drivers()
+    assert set(examples) == set(drivers), "config/example.toml: one device table per driver"
+    for name, model in drivers.items():
+        keys, values = examples[name]
+        fields = set(model.model_fields)
+        assert keys == fields, (
+            f"config/example.toml {name}: missing {sorted(fields - keys)}, "
+            f"unknown {sorted(keys - fields)}"
+        )
+        validated = model.model_validate(values)
+        for key in values:
+            field = model.model_fields[key]
+            if field.is_required() or field.default is None:
+                continue  # an example value for something with no default
+            assert getattr(validated, key) == field.default, (
+                f"config/example.toml {name} {key} = {values[key]!r}, but the default is "
                 f"{field.default!r}"
             )
 

@@ -23,16 +23,56 @@ def openssl(*args: str, cwd: Path) -> None:
 def make_pki(directory: Path) -> dict[str, Path]:
     """A throwaway CA, a server certificate for 127.0.0.1, and a client certificate."""
     directory.mkdir()
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
-            "-keyout", "ca.key", "-out", "ca.crt", cwd=directory)
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        cwd=directory,
+    )
     for name, extra in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "")):
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
-                "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=directory)
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={name}",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            cwd=directory,
+        )
         ext = directory / f"{name}.ext"
         ext.write_text(extra + "\n" if extra else "basicConstraints=CA:FALSE\n")
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-                "-CAcreateserial", "-days", "2", "-extfile", ext.name, "-out", f"{name}.crt",
-                cwd=directory)
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            ext.name,
+            "-out",
+            f"{name}.crt",
+            cwd=directory,
+        )
     return {p.name: p for p in directory.iterdir()}
 
 
@@ -49,10 +89,20 @@ async def test_readings_flow_over_tls_with_client_certificate(
         tmp_path / "hub.toml",
         broker=broker,
         state_dir=tmp_path / "state",
-        devices=[{"id": "bp-1", "driver": "simulated", "kind": "blood_pressure",
-                  "interval_s": 0.0, "count": 3}],
-        mqtt={"ca_file": pki["ca.crt"], "cert_file": pki["client.crt"],
-              "key_file": pki["client.key"]},
+        devices=[
+            {
+                "id": "bp-1",
+                "driver": "simulated",
+                "kind": "blood_pressure",
+                "interval_s": 0.0,
+                "count": 3,
+            }
+        ],
+        mqtt={
+            "ca_file": pki["ca.crt"],
+            "cert_file": pki["client.crt"],
+            "key_file": pki["client.key"],
+        },
     )
     events = EventBus()
     queue, _ = events.queue()
@@ -78,8 +128,15 @@ async def test_without_client_certificate_the_broker_refuses_and_nothing_is_deli
         tmp_path / "hub.toml",
         broker=broker,
         state_dir=tmp_path / "state",
-        devices=[{"id": "bp-1", "driver": "simulated", "kind": "blood_pressure",
-                  "interval_s": 0.0, "count": 1}],
+        devices=[
+            {
+                "id": "bp-1",
+                "driver": "simulated",
+                "kind": "blood_pressure",
+                "interval_s": 0.0,
+                "count": 1,
+            }
+        ],
         mqtt={"ca_file": pki["ca.crt"], "reconnect_min_s": 0.2, "reconnect_max_s": 0.5},
     )
     events = EventBus()

@@ -15,6 +15,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.daemon import Hub
+from gateway.drivers.base import Driver, DriverOptions
 from gateway.drivers.registry import DriverRegistry
 from gateway.events import (
     Event,
@@ -72,7 +73,9 @@ class StatusWatcher:
         self.docs.append(doc)
         self._changed.set()
 
-    async def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout_s: float) -> dict[str, Any]:
+    async def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout_s: float
+    ) -> dict[str, Any]:
         async with asyncio.timeout(timeout_s):
             while True:
                 for doc in self.docs:
@@ -95,8 +98,15 @@ async def test_refused_publish_stays_unsent_and_backs_off(
         tmp_path / "hub.toml",
         broker=broker,
         state_dir=tmp_path / "state",
-        devices=[{"id": "bp-1", "driver": "simulated", "kind": "blood_pressure",
-                  "interval_s": 0.0, "count": 5}],
+        devices=[
+            {
+                "id": "bp-1",
+                "driver": "simulated",
+                "kind": "blood_pressure",
+                "interval_s": 0.0,
+                "count": 5,
+            }
+        ],
         mqtt={"status_interval_s": 1.0, "reconnect_min_s": 0.1},
     )
     events = EventBus()
@@ -187,10 +197,22 @@ async def test_silent_link_noticed_within_two_keepalives_and_recovers(
         tmp_path / "hub.toml",
         broker=None,
         state_dir=tmp_path / "state",
-        devices=[{"id": "oxi-1", "driver": "simulated", "kind": "pulse_oximeter",
-                  "interval_s": 0.5, "count": 0}],
-        mqtt={"port": proxy.port, "keepalive_s": keepalive, "reconnect_min_s": 0.1,
-              "reconnect_max_s": 0.5, "connect_timeout_s": 2.0},
+        devices=[
+            {
+                "id": "oxi-1",
+                "driver": "simulated",
+                "kind": "pulse_oximeter",
+                "interval_s": 0.5,
+                "count": 0,
+            }
+        ],
+        mqtt={
+            "port": proxy.port,
+            "keepalive_s": keepalive,
+            "reconnect_min_s": 0.1,
+            "reconnect_max_s": 0.5,
+            "connect_timeout_s": 2.0,
+        },
     )
     events = EventBus()
     queue, _ = events.queue()
@@ -218,8 +240,9 @@ async def test_inflight_window_is_never_exceeded(tmp_path: Path, broker: Mosquit
         tmp_path / "hub.toml",
         broker=broker,
         state_dir=tmp_path / "state",
-        devices=[{"id": "w-1", "driver": "simulated", "kind": "weight",
-                  "interval_s": 0.0, "count": 300}],
+        devices=[
+            {"id": "w-1", "driver": "simulated", "kind": "weight", "interval_s": 0.0, "count": 300}
+        ],
         mqtt={"max_inflight": window},
     )
     events = EventBus()
@@ -241,5 +264,155 @@ async def test_inflight_window_is_never_exceeded(tmp_path: Path, broker: Mosquit
     async with running_hub(config, events) as hub:
         await asyncio.wait_for(delivered.wait(), 30)
         assert hub.store is not None
-        assert (await hub.store.stats()).unsent == 0
+        # ReadingDelivered comes at the PUBACK; the store marks it a moment later.
+        async with asyncio.timeout(10):
+            while (await hub.store.stats()).unsent:
+                await asyncio.sleep(0.02)
     assert 1 <= peak <= window
+
+
+class OneBigThenSmallOptions(DriverOptions):
+    pass
+
+
+class OneBigThenSmallDriver(Driver):
+    """A device whose first record is too large for the broker, then five normal ones."""
+
+    Options = OneBigThenSmallOptions
+
+    async def run(self) -> None:
+        from gateway import mdc
+        from gateway.reading import Kind, Reading, Value
+
+        for i in range(6):
+            flags = tuple(f"vendor_flag_{n:04d}" for n in range(80)) if i == 0 else ()
+            await self.context.emit(
+                Reading(
+                    device_id=self.options.id,
+                    driver=self.options.driver,
+                    kind=Kind.WEIGHT,
+                    measured_at=self.context.clock.now(),
+                    measured_at_source="hub",
+                    values=(Value.of(mdc.MASS_BODY_ACTUAL, 80.0 + i, "kg"),),
+                    status=flags,
+                    source_key=f"record-{i}",
+                )
+            )
+        await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize(
+    "limit",
+    [
+        # Announced in CONNACK (Maximum Packet Size): held back before it is sent.
+        "max_packet_size 900",
+        # Not announced: mosquitto answers with a code paho cannot parse and the
+        # connection dies every time; the poison guard finds the reading.
+        "message_size_limit 700",
+    ],
+)
+async def test_a_reading_the_broker_cannot_take_is_held_back_not_blocking_the_rest(
+    tmp_path: Path, broker_factory: Callable[..., MosquittoBroker], limit: str
+) -> None:
+    from gateway.config import validate_config
+    from gateway.drivers.simulated import SimulatedDriver
+
+    broker = broker_factory(extra=[limit])
+    registry = DriverRegistry({"simulated": SimulatedDriver, "bigfirst": OneBigThenSmallDriver})
+    path = write_config(
+        tmp_path / "hub.toml",
+        broker=broker,
+        state_dir=tmp_path / "state",
+        devices=[{"id": "scale-1", "driver": "bigfirst"}],
+        mqtt={"reconnect_min_s": 0.05, "reconnect_max_s": 0.2},
+    )
+    import tomllib
+
+    config = validate_config(tomllib.loads(path.read_text()), registry)
+    events = EventBus()
+    queue, _ = events.queue()
+    hub = Hub(config, registry, events=events)
+    task = asyncio.create_task(hub.run())
+    delivered: list[str] = []
+    refused: list[PublishRefused] = []
+    try:
+        async with asyncio.timeout(30):
+            while len(delivered) < 5:
+                event = await queue.get()
+                if isinstance(event, ReadingDelivered):
+                    delivered.append(event.reading_id)
+                elif isinstance(event, PublishRefused):
+                    refused.append(event)
+        assert hub.uplink is not None and hub.uplink.held_back == 1
+        assert refused and refused[0].device_id == "scale-1"
+        assert hub.store is not None
+        async with asyncio.timeout(10):
+            while (await hub.store.stats()).unsent != 1:
+                await asyncio.sleep(0.02)
+        status = json.loads(await hub._status_payload())
+        assert status["uplink"]["held_back"] == 1 and status["unsent"] == 1
+    finally:
+        hub.stop()
+        await asyncio.wait_for(task, 6)
+    assert len(set(delivered)) == 5
+
+
+async def test_reload_with_the_same_config_restarts_no_driver(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    path = write_config(
+        tmp_path / "hub.toml",
+        broker=broker,
+        state_dir=tmp_path / "state",
+        devices=[{"id": "w-1", "driver": "simulated", "kind": "weight", "interval_s": 3600.0}],
+    )
+    hub = Hub(load(path), DriverRegistry.from_entry_points(), events=EventBus())
+    task = asyncio.create_task(hub.run())
+    try:
+        async with asyncio.timeout(10):
+            while "w-1" not in hub._driver_tasks:
+                await asyncio.sleep(0.01)
+        before = hub._driver_tasks["w-1"]
+        await hub.reload(load(path))
+        assert hub._driver_tasks["w-1"] is before and not before.done()
+    finally:
+        hub.stop()
+        await asyncio.wait_for(task, 6)
+
+
+async def test_an_internal_error_in_the_uplink_costs_a_reconnect_not_the_uplink(
+    tmp_path: Path, broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    from gateway.store import Store
+
+    path = write_config(
+        tmp_path / "hub.toml",
+        broker=broker,
+        state_dir=tmp_path / "state",
+        devices=[{"id": "t-1", "driver": "simulated", "kind": "temperature", "interval_s": 0.05}],
+        mqtt={"reconnect_min_s": 0.05, "reconnect_max_s": 0.2},
+    )
+    real_fetch = Store.fetch_unsent
+    failures = 0
+
+    async def failing_once(self: Store, *args: Any, **kwargs: Any) -> Any:
+        nonlocal failures
+        if failures == 0:
+            failures += 1
+            raise sqlite3.OperationalError("disk I/O error")  # what a dying SD card says
+        return await real_fetch(self, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "fetch_unsent", failing_once)
+    events = EventBus()
+    queue, _ = events.queue()
+    hub = Hub(load(path), DriverRegistry.from_entry_points(), events=events)
+    task = asyncio.create_task(hub.run())
+    try:
+        await next_event(queue, UplinkDown, 10)
+        await next_event(queue, ReadingDelivered, 10)
+        assert failures == 1
+    finally:
+        hub.stop()
+        await asyncio.wait_for(task, 6)

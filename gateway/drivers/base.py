@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.clock import Clock
 from gateway.errors import DriverError
 from gateway.reading import Reading
+from gateway.windows import CommandWindow
 
 #: Device and gateway ids end up in MQTT topics: keep them to topic-safe characters.
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -27,9 +28,12 @@ ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 class DriverOptions(BaseModel):
     """Keys every `[[devices]]` table has. Drivers subclass this with their own keys."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `interval_s = inf` is a typo, never a setting.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    id: str = Field(pattern=ID_PATTERN, description="Device id, unique in this hub; used in topics.")
+    id: str = Field(
+        pattern=ID_PATTERN, description="Device id, unique in this hub; used in topics."
+    )
     driver: str = Field(description="Driver name from the homehub.drivers entry-point group.")
 
 
@@ -58,6 +62,10 @@ class Cursors(Protocol):
 T = TypeVar("T")
 
 
+def _ignore_report(problem: str | None) -> None:
+    """Default `report`: nobody listens (a driver used outside the hub, in tests)."""
+
+
 @dataclass(slots=True)
 class DriverContext:
     """Everything a driver may use from the hub; passed in, never global."""
@@ -66,6 +74,19 @@ class DriverContext:
     clock: Clock
     logger: logging.Logger
     emit: Callable[[Reading], Awaitable[StoredReading]]
+    # The rest by keyword only: a positional mix-up would pass silently.
+    _: KW_ONLY
+    #: "measure now" (the patient's short press): while open, BLE drivers scan at
+    #: full duty and serial drivers poll; see gateway/windows.py.
+    measure: CommandWindow = field(default_factory=lambda: CommandWindow("measure", 120.0))
+    #: installer's pairing window (long press): bonding BLE devices may pair.
+    pairing: CommandWindow = field(default_factory=lambda: CommandWindow("pairing", 300.0))
+    #: Report a lasting problem the driver copes with itself without raising (a
+    #: vanished port it keeps reopening, input it cannot decode): the status shows
+    #: the device "failing" with this text. None: the problem is over. The text is
+    #: sent to the backend: never put patient values in it.
+    report: Callable[[str | None], None] = _ignore_report
+    #: the store's per-device cursors (e.g. a glucose meter's last stored sequence)
     cursors: Cursors | None = None
     #: shared hub resources by type (e.g. the BLE runtime all BLE drivers share)
     services: Mapping[type[Any], Any] = field(default_factory=dict)

@@ -23,8 +23,15 @@ class SimulatedOptions(DriverOptions):
         description="Which device class to imitate."
     )
     interval_s: float = Field(default=5.0, ge=0.0, le=86400.0, description="Time between readings.")
-    count: int = Field(default=0, ge=0, description="Readings to make before stopping; 0 = forever.")
+    count: int = Field(
+        default=0, ge=0, description="Readings to make before stopping; 0 = forever."
+    )
     seed: int | None = Field(default=None, description="Random seed, for repeatable values.")
+    trigger: Literal["interval", "measure"] = Field(
+        default="interval",
+        description="'interval': a reading every interval_s; 'measure': one reading interval_s "
+        "after each 'measure now' (the panel's button), like a patient measuring.",
+    )
 
 
 def simulated_values(kind: Kind, rng: random.Random) -> tuple[tuple[Value, ...], tuple[str, ...]]:
@@ -41,16 +48,16 @@ def simulated_values(kind: Kind, rng: random.Random) -> tuple[tuple[Value, ...],
         ), status
     if kind is Kind.PULSE_OXIMETER:
         return (
-            Value.of(mdc.PULS_OXIM_SAT_O2, float(min(100, round(rng.gauss(94, 1.5)))), Ucum.PERCENT),
+            Value.of(
+                mdc.PULS_OXIM_SAT_O2, float(min(100, round(rng.gauss(94, 1.5)))), Ucum.PERCENT
+            ),
             Value.of(mdc.PULS_OXIM_PULS_RATE, float(round(rng.gauss(78, 6))), Ucum.PER_MIN),
         ), ()
     if kind is Kind.WEIGHT:
         return (Value.of(mdc.MASS_BODY_ACTUAL, round(rng.gauss(82.0, 0.4), 1), Ucum.KG),), ()
     if kind is Kind.GLUCOSE:
         return (
-            Value.of(
-                mdc.CONC_GLU_CAPILLARY_PLASMA, round(rng.gauss(7.2, 1.1), 1), Ucum.MMOL_PER_L
-            ),
+            Value.of(mdc.CONC_GLU_CAPILLARY_PLASMA, round(rng.gauss(7.2, 1.1), 1), Ucum.MMOL_PER_L),
         ), ()
     if kind is Kind.TEMPERATURE:
         return (Value.of(mdc.TEMP_BODY, round(rng.gauss(36.9, 0.25), 1), Ucum.CEL),), ()
@@ -65,10 +72,14 @@ class SimulatedDriver(Driver):
     async def run(self) -> None:
         options = self.options
         assert isinstance(options, SimulatedOptions)
-        rng = random.Random(options.seed)
+        rng = random.Random(options.seed)  # noqa: S311 - plausible values, not secrets
         kind = Kind(options.kind)
         made = 0
+        requests = self.context.measure.requests
         while options.count == 0 or made < options.count:
+            if options.trigger == "measure":
+                requests = await self.context.measure.wait_request(requests)
+                await asyncio.sleep(options.interval_s)  # the patient measuring
             values, status = simulated_values(kind, rng)
             measured_at = self.context.clock.now()
             reading = Reading(
@@ -85,6 +96,8 @@ class SimulatedDriver(Driver):
             )
             await self.context.emit(reading)
             made += 1
+            if options.trigger == "measure":
+                continue
             if options.interval_s > 0:
                 await asyncio.sleep(options.interval_s)
             else:

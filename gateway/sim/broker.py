@@ -50,6 +50,7 @@ class MosquittoBroker:
     persistent: bool = False  # save sessions and queued messages on every change
     # (ca_file, cert_file, key_file): TLS on the listener, client certificates required
     tls: tuple[Path, Path, Path] | None = None
+    extra: list[str] = field(default_factory=list)  # more mosquitto.conf lines
     process: subprocess.Popen[bytes] | None = None
     log_lines: list[str] = field(default_factory=list)
 
@@ -89,6 +90,7 @@ class MosquittoBroker:
                 "autosave_on_changes true",
                 "autosave_interval 1",
             ]
+        lines += self.extra
         conf = self.workdir / "mosquitto.conf"
         conf.write_text("\n".join(lines) + "\n")
         return conf

@@ -21,6 +21,27 @@ from gateway.config import EX_CONFIG, validate_config
 from gateway.drivers.registry import DriverRegistry
 from gateway.errors import ConfigError, GatewayError
 from gateway.sim.broker import MosquittoBroker
+from gateway.sim.serial import ALL_SIMS, run_serial_simulators
+
+#: A device port "sim:NAME" in the demo config is the demo's own virtual serial
+#: device NAME (see `homehub simulate`); the demo runs it and puts its pty here.
+SIM_PORT = "sim:"
+
+
+def _virtual_serial_devices(data: dict[str, object], directory: Path) -> list[str]:
+    """Point "sim:NAME" ports at the ptys the demo will create; return the NAMEs."""
+    names: list[str] = []
+    devices = data.get("devices", [])
+    for device in devices if isinstance(devices, list) else []:
+        port = device.get("port") if isinstance(device, dict) else None
+        if isinstance(port, str) and port.startswith(SIM_PORT):
+            name = port.removeprefix(SIM_PORT)
+            if name not in ALL_SIMS:
+                known = ", ".join(ALL_SIMS)
+                raise ConfigError([f"port {port!r}: no such virtual device ({known})"])
+            device["port"] = str(directory / name)
+            names.append(name)
+    return names
 
 
 def _demo_config_text(path: Path | None) -> str:
@@ -99,6 +120,7 @@ def run_demo(config_path: Path | None, *, seconds: float = 0.0, ble: bool = Fals
         data.setdefault("mqtt", {}).update(host="127.0.0.1", port=broker.port)
         simulator = _start_ble_simulator(data) if ble else None
         try:
+            serial_sims = _virtual_serial_devices(data, workdir / "serial")
             config = validate_config(data, registry)
         except ConfigError as exc:
             _stop(simulator)
@@ -118,8 +140,18 @@ def run_demo(config_path: Path | None, *, seconds: float = 0.0, ble: bool = Fals
             flush=True,
         )
         listener = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "--log-level", "WARNING", "listen",
-             "--port", str(broker.port), "--prefix", config.mqtt.topic_prefix],
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "--log-level",
+                "WARNING",
+                "listen",
+                "--port",
+                str(broker.port),
+                "--prefix",
+                config.mqtt.topic_prefix,
+            ],
             stderr=subprocess.PIPE,
             text=True,
             # Its own process group: Ctrl-C reaches it through us, in order.
@@ -138,7 +170,17 @@ def run_demo(config_path: Path | None, *, seconds: float = 0.0, ble: bool = Fals
                     loop.add_signal_handler(sig, hub.stop)
                 if seconds > 0:
                     loop.call_later(seconds, hub.stop)
-                await hub.run()
+                sims = None
+                if serial_sims:
+                    sims = asyncio.create_task(
+                        run_serial_simulators(workdir / "serial", serial_sims)
+                    )
+                try:
+                    await hub.run()
+                finally:
+                    if sims is not None:
+                        sims.cancel()
+                        await asyncio.gather(sims, return_exceptions=True)
 
             asyncio.run(main())
         except GatewayError as exc:

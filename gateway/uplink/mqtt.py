@@ -8,14 +8,19 @@ after a disconnect, whatever was in flight is simply unsent in the store and is
 published again (same id) on the next connection.
 
 Invariants (ARCHITECTURE.md, data path step 3):
-- at most `max_inflight` readings (or the broker's Receive Maximum, if lower)
-  are unacknowledged at once; the read-ahead buffer holds at most two more
-  windows' worth of rows; the rest waits in the store;
+- at most `max_inflight` readings are unacknowledged at once, and readings plus
+  status messages never exceed the broker's Receive Maximum (MQTT 5
+  §3.2.2.3.3); the read-ahead buffer holds at most two windows of rows; the
+  rest waits in the store;
 - a reading is marked delivered only on a PUBACK with a success reason code
   (MQTT 5 §3.4.2.1: codes below 0x80 are success, e.g. 0x10 "no matching
   subscribers");
 - a refused publish (e.g. 0x87 not authorized) leaves the reading unsent, logs
-  an error and pauses that device's stream with backoff, never a hot loop.
+  an error and pauses that device's readings with backoff, never a hot loop; a
+  reading the broker can never take (too large, invalid) is held back on its
+  own, so it cannot block the readings behind it (see outbox.PoisonGuard);
+- nothing that goes wrong inside the uplink stops it for good: errors end the
+  connection, and the next one starts from the store again.
 """
 
 from __future__ import annotations
@@ -24,12 +29,11 @@ import asyncio
 import contextlib
 import logging
 import socket
-import ssl
+import threading
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -39,23 +43,26 @@ from paho.mqtt.reasoncodes import ReasonCode
 from gateway.backoff import Backoff
 from gateway.config import MqttSection
 from gateway.errors import UplinkError
-from gateway.events import (
-    EventBus,
-    PublishRefused,
-    ReadingDelivered,
-    UplinkDown,
-    UplinkUp,
-)
+from gateway.events import EventBus, PublishRefused, ReadingDelivered, UplinkDown, UplinkUp
 from gateway.store import OutboxRow, Store
+from gateway.uplink.outbox import PoisonGuard, PublishQueue
 from gateway.uplink.payload import offline_status, reading_topic, status_topic
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # A connection that stayed up this long counts as healthy: the backoff starts over.
 STABLE_CONNECTION_S = 30.0
 # Refused publishes of one device are retried after this backoff (not a hot loop).
 REFUSED_BACKOFF_INITIAL_S = 1.0
 REFUSED_BACKOFF_MAX_S = 300.0
+# PUBACK reason codes that will not change by retrying soon (MQTT 5 §3.4.2.1):
+# 0x90 topic name invalid, 0x95 packet too large, 0x99 payload format invalid.
+PERMANENT_REFUSALS = frozenset({0x90, 0x95, 0x99})
+# MQTT 5 §3.2.2.3.3: Receive Maximum absent means 65,535.
+DEFAULT_RECEIVE_MAXIMUM = 65535
+STATUS_DEBOUNCE_S = 1.0
 
 
 @dataclass(slots=True)
@@ -72,9 +79,56 @@ class _Session:
     client: paho.Client
     connected_at: float
     lost: asyncio.Future[str]
+    receive_maximum: int = DEFAULT_RECEIVE_MAXIMUM
+    maximum_packet_size: int | None = None
     inflight: dict[int, _InFlight] = field(default_factory=dict)  # mid -> reading
     status_mids: set[int] = field(default_factory=set)
     status_acked: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def unacknowledged(self) -> int:
+        return len(self.inflight) + len(self.status_mids)
+
+
+def _settle(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+async def _in_daemon_thread(fn: Callable[[], T], name: str) -> T:
+    """Run blocking `fn` on a daemon thread.
+
+    Not the loop's default executor: asyncio.run() waits for that at exit, so a
+    connect hanging on a dead network would hold a SIGTERM'd hub past its 5 s.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def target() -> None:
+        try:
+            result = fn()
+        except BaseException as exc:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                loop.call_soon_threadsafe(_fail, future, exc)
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, future, result)
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return await future
+
+
+def _publish_size(topic: str, payload: bytes) -> int:
+    """Bytes of a QoS 1 PUBLISH without properties (MQTT 5 §3.3)."""
+    remaining = 2 + len(topic.encode()) + 2 + 1 + len(payload)
+    length_bytes = 1 if remaining < 128 else 2 if remaining < 16384 else 3
+    return 1 + length_bytes + remaining
 
 
 class MqttUplink:
@@ -98,21 +152,13 @@ class MqttUplink:
         self._events = events
         self._status_document = status_document
         self._version = version
-        self._window = settings.max_inflight
         self._session: _Session | None = None
-        self._wake = asyncio.Event()
+        self._queue = PublishQueue(store)
+        self._poison = PoisonGuard()
         self._status_wanted = asyncio.Event()
-        self._buffer: deque[OutboxRow] = deque()
-        self._cursor = 0  # highest seq fetched into the buffer
-        self._exhausted = False  # the store had nothing after the cursor
-        # Bumped by every new reading / position reset, so a fetch that raced
-        # with one does not wrongly conclude "nothing to send" or undo a reset.
-        self._new_readings = 0
-        self._position = 0
         self._acked: list[int] = []  # delivered seqs not yet marked in the store
         self._marking: set[int] = set()  # seqs being marked right now
         self._ack_flusher: asyncio.Task[None] | None = None
-        self._blocked: dict[str, float] = {}  # device -> monotonic time it may resume
         self._refusals: dict[str, Backoff] = {}
         self._stopping = False
         self.connected = asyncio.Event()
@@ -122,13 +168,16 @@ class MqttUplink:
 
     def notify_new_reading(self) -> None:
         """A reading was committed: there may be something to publish."""
-        self._exhausted = False
-        self._new_readings += 1
-        self._wake.set()
+        self._queue.notify_new()
 
     def request_status(self) -> None:
         """Publish the status soon (debounced)."""
         self._status_wanted.set()
+
+    @property
+    def held_back(self) -> int:
+        """Readings set aside because the broker cannot take them (retried later)."""
+        return len(self._queue.held)
 
     async def run(self) -> None:
         """Connect, publish, reconnect with backoff; until cancelled or stopped."""
@@ -136,7 +185,7 @@ class MqttUplink:
         while not self._stopping:
             try:
                 session = await self._connect()
-            except (OSError, UplinkError, ssl.SSLError) as exc:
+            except Exception as exc:  # any failure to connect is retried, never fatal
                 delay = backoff.next_delay()
                 log.warning(
                     "mqtt: cannot connect to %s:%d (%s); retrying in %.1f s",
@@ -150,8 +199,7 @@ class MqttUplink:
             reason = await self._serve(session)
             if self._stopping:
                 return
-            lasted = time.monotonic() - session.connected_at
-            if lasted >= STABLE_CONNECTION_S:
+            if time.monotonic() - session.connected_at >= STABLE_CONNECTION_S:
                 backoff.reset()
             delay = backoff.next_delay()
             log.warning("mqtt: connection lost (%s); reconnecting in %.1f s", reason, delay)
@@ -160,18 +208,22 @@ class MqttUplink:
     async def stop(self, grace_s: float = 2.0) -> None:
         """Stop publishing, wait up to `grace_s` for in-flight PUBACKs, go offline, close."""
         self._stopping = True
-        self._wake.set()
+        self._queue.wake.set()
         session = self._session
+        if session is not None:
+            # No new readings and no "online" status after this point.
+            await self._cancel_tasks(session)
         if session is not None and not session.lost.done():
             deadline = time.monotonic() + grace_s
-            while session.inflight and not session.lost.done():
+            while session.unacknowledged and not session.lost.done():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                self._wake.clear()
+                self._queue.wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), remaining)
-            # A clean shutdown says "offline" itself; the Last Will covers the rest.
+                    await asyncio.wait_for(self._queue.wake.wait(), remaining)
+            # A clean shutdown says "offline" itself (a clean DISCONNECT discards
+            # the Last Will); the Will covers every other way of going away.
             if not session.lost.done():
                 info = session.client.publish(
                     self._status_topic,
@@ -179,8 +231,8 @@ class MqttUplink:
                     qos=1,
                     retain=True,
                 )
-                session.status_mids.add(info.mid)
                 session.status_acked.clear()
+                session.status_mids.add(info.mid)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(session.status_acked.wait(), 0.5)
             await self._close(session)
@@ -192,7 +244,9 @@ class MqttUplink:
     def _status_topic(self) -> str:
         return status_topic(self._settings.topic_prefix, self._gateway_id)
 
-    def _make_client(self, loop: asyncio.AbstractEventLoop, lost: asyncio.Future[str]) -> paho.Client:
+    def _make_client(
+        self, loop: asyncio.AbstractEventLoop, lost: asyncio.Future[str]
+    ) -> paho.Client:
         s = self._settings
         client = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -204,7 +258,7 @@ class MqttUplink:
         client.connect_timeout = s.connect_timeout_s
         # paho queues beyond its own window; keep its window above ours so it never
         # holds a reading back (+2 leaves room for status publishes).
-        client.max_inflight_messages_set(self._window + 2)
+        client.max_inflight_messages_set(s.max_inflight + 2)
         # ARCHITECTURE.md: the Last Will makes the retained status "offline"
         # when the hub vanishes without saying goodbye.
         client.will_set(
@@ -218,21 +272,19 @@ class MqttUplink:
                 ca_certs=str(s.ca_file),
                 certfile=str(s.cert_file) if s.cert_file else None,
                 keyfile=str(s.key_file) if s.key_file else None,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
 
         def threadsafe(fn: Callable[..., None], *args: Any) -> None:
             with contextlib.suppress(RuntimeError):  # loop already closed at exit
                 loop.call_soon_threadsafe(fn, *args)
 
-        connack: asyncio.Future[tuple[ReasonCode, int | None]] = loop.create_future()
+        connack: asyncio.Future[tuple[ReasonCode, Properties | None]] = loop.create_future()
         client.user_data_set(connack)
 
         def on_connect(
             _c: paho.Client, _u: Any, _flags: Any, rc: ReasonCode, props: Properties | None
         ) -> None:
-            receive_maximum = getattr(props, "ReceiveMaximum", None) if props else None
-            threadsafe(_settle, connack, (rc, receive_maximum))
+            threadsafe(_settle, connack, (rc, props))
 
         def on_disconnect(
             _c: paho.Client, _u: Any, _flags: Any, rc: ReasonCode, _p: Properties | None
@@ -253,46 +305,55 @@ class MqttUplink:
         loop = asyncio.get_running_loop()
         lost: asyncio.Future[str] = loop.create_future()
         client = self._make_client(loop, lost)
-        connack: asyncio.Future[tuple[ReasonCode, int | None]] = client.user_data_get()
+        connack: asyncio.Future[tuple[ReasonCode, Properties | None]] = client.user_data_get()
         s = self._settings
-        # clean_start: every connection starts a fresh session; what was in
-        # flight is resent from the store, not from a broker-side session.
-        await loop.run_in_executor(
-            None,
-            lambda: client.connect(s.host, s.port, keepalive=s.keepalive_s, clean_start=True),
-        )
-        sock = client.socket()
-        if isinstance(sock, socket.socket):
-            # Nagle would hold small publishes back ~40 ms waiting for more data.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        client.loop_start()
+        log.debug("mqtt: connecting to %s:%d", s.host, s.port)
         try:
-            rc, receive_maximum = await asyncio.wait_for(
-                asyncio.shield(connack), s.connect_timeout_s
+            # clean_start: every connection starts a fresh session; what was in
+            # flight is resent from the store, not from a broker-side session.
+            await _in_daemon_thread(
+                lambda: client.connect(s.host, s.port, keepalive=s.keepalive_s, clean_start=True),
+                "mqtt-connect",
             )
-        except TimeoutError:
-            await self._close_client(client)
-            raise UplinkError("no CONNACK from the broker in time") from None
-        if rc.is_failure:
-            await self._close_client(client)
-            raise UplinkError(f"broker refused the connection: {rc}")
-        # MQTT 5 §3.2.2.3.3: the client must not have more unacknowledged QoS 1
-        # publishes than the broker's Receive Maximum, or the broker disconnects
-        # it (0x93). paho does not enforce it, so the window shrinks here.
-        # One slot stays free for the status message (at most one is in flight).
-        self._window = s.max_inflight
-        if receive_maximum is not None and int(receive_maximum) - 1 < self._window:
-            self._window = max(1, int(receive_maximum) - 1)
-            log.info(
-                "mqtt: broker's Receive Maximum is %d: at most %d readings in flight",
-                receive_maximum,
-                self._window,
+            sock = client.socket()
+            if isinstance(sock, socket.socket):
+                # Nagle would hold small publishes back ~40 ms waiting for more data.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            client.loop_start()
+            waiters: list[asyncio.Future[Any]] = [connack, lost]
+            done, _ = await asyncio.wait(
+                waiters, timeout=s.connect_timeout_s, return_when=asyncio.FIRST_COMPLETED
             )
-        return _Session(client=client, connected_at=time.monotonic(), lost=lost)
+            if connack not in done:
+                why = lost.result() if lost in done else "no CONNACK in time"
+                raise UplinkError(f"connection closed before CONNACK: {why}")
+            rc, props = connack.result()
+            if rc.is_failure:
+                raise UplinkError(f"broker refused the connection: {rc}")
+        except BaseException:
+            # Never leave a paho thread or socket behind (they would share our
+            # client id and kick the next connection off the broker).
+            _close_in_background(client)
+            raise
+        session = _Session(client=client, connected_at=time.monotonic(), lost=lost)
+        receive_maximum = getattr(props, "ReceiveMaximum", None) if props else None
+        if receive_maximum:
+            session.receive_maximum = int(receive_maximum)
+        maximum_packet_size = getattr(props, "MaximumPacketSize", None) if props else None
+        if maximum_packet_size:
+            session.maximum_packet_size = int(maximum_packet_size)
+        return session
+
+    def _window(self, session: _Session) -> int:
+        """Readings allowed in flight: one slot of Receive Maximum stays for the status."""
+        if self._poison.probing:
+            return 1
+        return max(1, min(self._settings.max_inflight, session.receive_maximum - 1))
 
     async def _close_client(self, client: paho.Client) -> None:
         client.disconnect()
-        await asyncio.get_running_loop().run_in_executor(None, client.loop_stop)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(_in_daemon_thread(client.loop_stop, "mqtt-stop"), 2.0)
 
     async def _close(self, session: _Session) -> None:
         if self._session is session:
@@ -302,31 +363,41 @@ class MqttUplink:
             self.connected.clear()
             self._events.publish(UplinkDown(reason="closed"))
 
+    async def _cancel_tasks(self, session: _Session) -> None:
+        for task in session.tasks:
+            task.cancel()
+        await asyncio.gather(*session.tasks, return_exceptions=True)
+        session.tasks.clear()
+
     # -- a connected session ---------------------------------------------------------
 
     async def _serve(self, session: _Session) -> str:
         """Publish until the connection is lost; return why it was lost."""
         self._session = session
-        self._reset_reading_position()
+        self._queue.reset()
         log.info("mqtt: connected to %s:%d", self._settings.host, self._settings.port)
+        if session.receive_maximum - 1 < self._settings.max_inflight:
+            log.info(
+                "mqtt: the broker's Receive Maximum is %d: at most %d readings in flight",
+                session.receive_maximum,
+                self._window(session),
+            )
         self.connected.set()
         self._events.publish(UplinkUp())
         self._status_wanted.set()
-        pump = asyncio.create_task(self._pump(session), name="mqtt-pump")
-        status = asyncio.create_task(self._status_loop(session), name="mqtt-status")
+        session.tasks = [
+            asyncio.create_task(self._guarded(session, self._pump), name="mqtt-pump"),
+            asyncio.create_task(self._guarded(session, self._status_loop), name="mqtt-status"),
+        ]
         try:
             reason = await asyncio.shield(session.lost)
         except asyncio.CancelledError:
-            pump.cancel()
-            status.cancel()
+            await self._cancel_tasks(session)
             await self._close(session)
             raise
-        pump.cancel()
-        status.cancel()
-        for task in (pump, status):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._cancel_tasks(session)
         if not self._stopping:
+            self._after_loss(session)
             self._session = None
             self.connected.clear()
             # The readings that were in flight are still unsent in the store; they
@@ -335,49 +406,56 @@ class MqttUplink:
             await self._close_client(session.client)
         return reason
 
-    def _reset_reading_position(self) -> None:
-        self._position += 1
-        self._buffer.clear()
-        self._cursor = 0
-        self._exhausted = False
-        self._wake.set()
+    async def _guarded(
+        self, session: _Session, body: Callable[[_Session], Awaitable[None]]
+    ) -> None:
+        """Run a session task; an unexpected error ends the connection, not the uplink."""
+        try:
+            await body(session)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("mqtt: internal error; starting over with a new connection")
+            _settle(session.lost, f"internal error: {type(exc).__name__}: {exc}")
+
+    def _after_loss(self, session: _Session) -> None:
+        held = self._poison.connection_lost(f.seq for f in session.inflight.values())
+        if held is not None:
+            flight = next(f for f in session.inflight.values() if f.seq == held)
+            self._hold(flight.seq, flight.device_id, "the broker drops the connection for it")
+        elif self._poison.probing:
+            log.warning("mqtt: connection keeps dying with the same reading in flight; probing")
 
     async def _pump(self, session: _Session) -> None:
         """Keep the in-flight window full from the store, in seq order."""
+        queue = self._queue
         while not self._stopping and not session.lost.done():
-            while self._buffer and len(session.inflight) < self._window:
-                self._publish(session, self._buffer.popleft())
-            if not self._exhausted and len(self._buffer) <= self._window // 2:
-                await self._fetch(session)
+            window = self._window(session)
+            while (
+                len(queue)
+                and len(session.inflight) < window
+                and session.unacknowledged < session.receive_maximum
+            ):
+                row = queue.pop()
+                assert row is not None
+                self._publish(session, row)
+            if queue.wants_refill(window):
+                busy = {f.seq for f in session.inflight.values()} | self._marking
+                await queue.refill(window, busy | set(self._acked))
                 continue
-            self._wake.clear()
-            await self._wake.wait()
-
-    async def _fetch(self, session: _Session) -> None:
-        now = time.monotonic()
-        for device, until in list(self._blocked.items()):
-            if until <= now:
-                del self._blocked[device]
-        new_readings, position = self._new_readings, self._position
-        rows = await self._store.fetch_unsent(
-            self._cursor, self._window * 2 - len(self._buffer), tuple(self._blocked)
-        )
-        if position != self._position:
-            return  # the position was reset while we read: read again from there
-        if not rows:
-            self._exhausted = new_readings == self._new_readings
-            return
-        self._cursor = rows[-1].seq
-        busy = {f.seq for f in session.inflight.values()} | self._marking | set(self._acked)
-        self._buffer.extend(
-            row for row in rows if row.seq not in busy and row.device_id not in self._blocked
-        )
+            queue.wake.clear()
+            await queue.wake.wait()
 
     def _publish(self, session: _Session, row: OutboxRow) -> None:
         topic = reading_topic(self._settings.topic_prefix, self._gateway_id, row.device_id)
+        limit = session.maximum_packet_size
+        if limit is not None and _publish_size(topic, row.payload) > limit:
+            self._hold(row.seq, row.device_id, f"larger than the broker's {limit} byte limit")
+            return
         info = session.client.publish(topic, row.payload, qos=1, retain=False)
-        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_QUEUE_SIZE):
-            # Not sent (connection just dropped): it stays unsent in the store.
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            # Not sent (connection just dropped, or paho's queue is full): it
+            # stays unsent in the store and goes out on a later pass.
             log.debug("mqtt: publish of seq %d not sent: rc=%s", row.seq, info.rc)
             return
         # on_publish hops through call_soon_threadsafe, so it cannot run before
@@ -388,6 +466,7 @@ class MqttUplink:
         session = self._session
         if session is None or session.client is not client:
             return  # a late acknowledgement from a connection already given up
+        self._queue.wake.set()
         if mid in session.status_mids:
             session.status_mids.discard(mid)
             session.status_acked.set()
@@ -395,42 +474,50 @@ class MqttUplink:
                 log.error("mqtt: broker refused the status message: %s", reason)
             return
         flight = session.inflight.pop(mid, None)
-        self._wake.set()
         if flight is None:
             return
         if code < 0x80:
             self._acked.append(flight.seq)
             self.delivered_count += 1
+            self._poison.delivered(flight.seq)
             self._refusals.pop(flight.device_id, None)
             self._events.publish(ReadingDelivered(flight.device_id, flight.reading_id))
             if self._ack_flusher is None or self._ack_flusher.done():
                 self._ack_flusher = asyncio.create_task(self._flush_acks(), name="mqtt-acks")
             return
+        if code in PERMANENT_REFUSALS:
+            self._hold(flight.seq, flight.device_id, f"the broker refused it: {reason}")
+            return
         self._refused(flight, reason)
+
+    def _hold(self, seq: int, device_id: str, why: str) -> None:
+        self._queue.hold(seq)
+        log.error(
+            "mqtt: holding back a reading of device %s (%s); it stays unsent and is"
+            " tried again in an hour",
+            device_id,
+            why,
+        )
+        self._events.publish(PublishRefused(device_id, why))
+        self._status_wanted.set()
 
     def _refused(self, flight: _InFlight, reason: str) -> None:
         device = flight.device_id
+        if device in self._queue.paused:
+            return
         backoff = self._refusals.setdefault(
             device, Backoff(REFUSED_BACKOFF_INITIAL_S, REFUSED_BACKOFF_MAX_S)
         )
-        if device not in self._blocked:
-            delay = backoff.next_delay()
-            log.error(
-                "mqtt: broker refused a reading of device %s (%s); it stays unsent,"
-                " retrying that device in %.1f s",
-                device,
-                reason,
-                delay,
-            )
-            self._blocked[device] = time.monotonic() + delay
-            self._events.publish(PublishRefused(device, reason))
-            asyncio.get_running_loop().call_later(delay, self._unblock, device)
-        # Drop this device's read-ahead; the whole stream restarts from its oldest unsent.
-        self._buffer = deque(row for row in self._buffer if row.device_id != device)
-
-    def _unblock(self, device: str) -> None:
-        self._blocked.pop(device, None)
-        self._reset_reading_position()
+        delay = backoff.next_delay()
+        log.error(
+            "mqtt: broker refused a reading of device %s (%s); it stays unsent,"
+            " retrying that device in %.1f s",
+            device,
+            reason,
+            delay,
+        )
+        self._queue.pause_device(device, delay)
+        self._events.publish(PublishRefused(device, reason))
 
     async def _flush_acks(self) -> None:
         while self._acked:
@@ -450,18 +537,24 @@ class MqttUplink:
         while not session.lost.done():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._status_wanted.wait(), interval)
-            if session.status_mids:
-                # The last status is still unacknowledged: keep within the broker's
-                # Receive Maximum and send the newer one after the debounce.
-                await asyncio.sleep(1.0)
+            if session.status_mids or session.unacknowledged >= session.receive_maximum:
+                # Keep within the broker's Receive Maximum; the newer status goes
+                # out after the debounce.
+                self._status_wanted.set()
+                await asyncio.sleep(STATUS_DEBOUNCE_S)
                 continue
             self._status_wanted.clear()
             payload = await self._status_document()
             info = session.client.publish(self._status_topic, payload, qos=1, retain=True)
-            session.status_mids.add(info.mid)
-            await asyncio.sleep(1.0)  # debounce: at most one status a second
+            if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                session.status_mids.add(info.mid)
+            await asyncio.sleep(STATUS_DEBOUNCE_S)
 
 
-def _settle(future: asyncio.Future[Any], value: Any) -> None:
-    if not future.done():
-        future.set_result(value)
+def _close_in_background(client: paho.Client) -> None:
+    def close() -> None:
+        with contextlib.suppress(Exception):
+            client.disconnect()
+            client.loop_stop()
+
+    threading.Thread(target=close, name="mqtt-close", daemon=True).start()

@@ -8,7 +8,7 @@ never removed or changed in meaning. JSON Schemas for both live in
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateway.reading import Reading, utc_iso_ms
@@ -25,6 +25,20 @@ def status_topic(prefix: str, gateway_id: str) -> str:
     return f"{prefix}/{gateway_id}/status"
 
 
+def iso_with_offset(moment: datetime) -> str:
+    """ISO 8601 to the second, keeping the UTC offset the moment was taken in.
+
+    RFC 3339 offsets have whole minutes; an offset with seconds (historic local
+    mean time, a hand-made tzinfo) is given in UTC instead, the same instant.
+    """
+    offset = moment.utcoffset()
+    if offset is None:
+        raise ValueError("measured_at must carry its UTC offset")
+    if offset % timedelta(minutes=1):
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="seconds")
+
+
 def encode_reading(
     reading: Reading, *, reading_id: str, gateway_id: str, received_at: datetime
 ) -> bytes:
@@ -35,12 +49,11 @@ def encode_reading(
         "gateway": gateway_id,
         "device": {"id": reading.device_id, "driver": reading.driver},
         "kind": reading.kind.value,
-        "measured_at": reading.measured_at.isoformat(timespec="seconds"),
+        "measured_at": iso_with_offset(reading.measured_at),
         "measured_at_source": reading.measured_at_source,
         "received_at": utc_iso_ms(received_at),
         "values": [
-            {"mdc": v.mdc, "code": v.code, "value": v.value, "unit": v.unit}
-            for v in reading.values
+            {"mdc": v.mdc, "code": v.code, "value": v.value, "unit": v.unit} for v in reading.values
         ],
         "status": list(reading.status),
     }

@@ -1,0 +1,54 @@
+"""The patient's panel: one measure button and a status light (issue 5).
+
+`Panel` is the one public interface; backends (`gpio` via gpiozero, `none`) sit
+behind it. The displayed state comes from a pure state machine over the daemon's
+events (`gateway.panel.states`), the patterns are data (`gateway.panel.patterns`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from gateway.config import PanelSection
+from gateway.events import EventBus
+from gateway.panel.backends import NoneBackend, PanelBackend, create_backend
+from gateway.panel.gpio import GpioBackend
+from gateway.panel.panel import Panel
+from gateway.panel.patterns import Colour, Pattern, Step, patterns
+from gateway.panel.states import PRIORITY, PanelState, PanelStateMachine, StateTimings
+
+__all__ = [
+    "PRIORITY",
+    "Colour",
+    "GpioBackend",
+    "NoneBackend",
+    "Panel",
+    "PanelBackend",
+    "PanelState",
+    "PanelStateMachine",
+    "Pattern",
+    "StateTimings",
+    "Step",
+    "create_backend",
+    "create_panel",
+    "patterns",
+]
+
+
+def create_panel(
+    config: PanelSection,
+    events: EventBus,
+    *,
+    pin_factory: Any | None = None,
+    on_measure: Callable[[], None],
+    on_pairing: Callable[[], None],
+) -> Panel:
+    """The panel `config` describes; `pin_factory` (gpiozero) is passed in, never global."""
+    return Panel(
+        config,
+        create_backend(config, pin_factory),
+        events,
+        on_measure=on_measure,
+        on_pairing=on_pairing,
+    )

@@ -1,0 +1,124 @@
+"""The Panel: the patient's light and button, whatever the backend.
+
+It subscribes to the daemon's events, runs them through the state machine,
+plays the state's pattern on the backend and publishes `PanelShows(state)` when
+what it shows changes. The button's presses become commands (`on_measure`,
+`on_pairing`), and a stuck button becomes `ButtonStuck`/`ButtonReleased` events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from gateway.config import PanelSection
+from gateway.events import ButtonReleased, ButtonStuck, Event, EventBus, PanelShows
+from gateway.panel.backends import PanelBackend
+from gateway.panel.button import ButtonLogic
+from gateway.panel.patterns import Pattern, patterns
+from gateway.panel.player import PatternPlayer
+from gateway.panel.states import PanelState, PanelStateMachine, StateTimings
+
+log = logging.getLogger(__name__)
+
+
+def _nothing() -> None:
+    pass
+
+
+class Panel:
+    def __init__(
+        self,
+        config: PanelSection,
+        backend: PanelBackend,
+        events: EventBus,
+        *,
+        on_measure: Callable[[], None] = _nothing,
+        on_pairing: Callable[[], None] = _nothing,
+        pattern_scale: float = 1.0,
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        self.events = events
+        self.patterns: dict[PanelState, Pattern] = patterns(config.ready_level)
+        self.player = PatternPlayer(backend, pattern_scale)
+        self.timings = StateTimings(
+            got_it_s=self.patterns[PanelState.GOT_IT].cycle_s * pattern_scale,
+            sent_s=config.sent_s,
+            stored_later_s=config.stored_later_s,
+            send_wait_s=config.send_wait_s,
+            help_after_failures=config.help_after_failures,
+            offline_help_s=config.offline_help_s,
+        )
+        self.button = ButtonLogic(
+            bounce_s=config.bounce_s,
+            long_s=config.long_press_s,
+            stuck_s=config.stuck_s,
+            on_short=on_measure,
+            on_long=on_pairing,
+            on_stuck=lambda held: events.publish(ButtonStuck(held)),
+            on_released=lambda: events.publish(ButtonReleased()),
+        )
+        self.machine: PanelStateMachine | None = None
+        self.state: PanelState | None = None
+        self._help: list[str] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+
+    def start(self) -> None:
+        """Show "starting", listen to events and the button. Call on the loop."""
+        loop = self._loop = asyncio.get_running_loop()
+        self.machine = PanelStateMachine(self.timings, loop.time())
+        self._unsubscribe = self.events.subscribe(self._on_event)
+        if self.backend.has_button:
+            self.button.start(loop, self.backend.button_pressed())
+            self.backend.on_edge(self.button.edge_threadsafe)
+        log.info("panel: backend %s", self.backend.name)
+        self._refresh()
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, PanelShows) or self.machine is None or self._loop is None:
+            return
+        self.machine.handle(event, self._loop.time())
+        self._refresh()
+
+    def _refresh(self) -> None:
+        machine, loop = self.machine, self._loop
+        if machine is None or loop is None:
+            return
+        now = loop.time()
+        help_now = machine.help_reasons(now)
+        if help_now and not self._help:
+            log.warning("panel: needs help: %s", "; ".join(help_now))
+            self.player.beep(self.patterns[PanelState.NEEDS_HELP].beeps)
+        elif self._help and not help_now:
+            log.info("panel: help no longer needed")
+        self._help = help_now
+        state = machine.state(now)
+        if state is not self.state:
+            self.state = state
+            log.debug("panel: %s", state.value)
+            self.player.play(self.patterns[state])
+            self.events.publish(PanelShows(state.value))
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        at = machine.next_change(now)
+        if at is not None:
+            self._timer = loop.call_at(at, self._refresh)
+
+    async def close(self) -> None:
+        """Stop listening; lights off and pins released."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self._timer is not None:
+            self._timer.cancel()
+        self.backend.on_edge(None)
+        self.button.close()
+        await self.player.stop()
+        self.backend.show(None, 0.0)
+        self.backend.buzz(False)
+        self.backend.close()

@@ -1,0 +1,126 @@
+"""The light (and sound) patterns: data, one per panel state.
+
+Patterns differ in rhythm as well as colour, so they read without colour vision:
+steady dim, slow breathing, double blink, steady bright, long-on/short-off,
+slow even blink, triple flash, chase. The README's state table documents them;
+tests/test_panel_patterns.py checks the pins follow them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from gateway.panel.states import PanelState
+
+
+class Colour(enum.Enum):
+    GREEN = "green"
+    AMBER = "amber"
+    RED = "red"
+
+
+#: (red, green, blue) at full brightness, for an RGB LED.
+RGB: dict[Colour, tuple[float, float, float]] = {
+    Colour.GREEN: (0.0, 1.0, 0.0),
+    Colour.AMBER: (1.0, 0.4, 0.0),
+    Colour.RED: (1.0, 0.0, 0.0),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """Show `colour` at `level` (0..1) for `seconds`; colour None is dark."""
+
+    colour: Colour | None
+    level: float
+    seconds: float
+
+
+DARK = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    name: str
+    description: str
+    steps: tuple[Step, ...]
+    repeat: bool = True
+    #: buzzer on/off durations played once when the pattern starts ("" = silent)
+    beeps: tuple[float, ...] = ()
+
+    @property
+    def cycle_s(self) -> float:
+        return sum(step.seconds for step in self.steps)
+
+
+def _steady(colour: Colour, level: float) -> tuple[Step, ...]:
+    return (Step(colour, level, 1.0),)
+
+
+def _breathing(colour: Colour, period_s: float = 4.0, steps: int = 20) -> tuple[Step, ...]:
+    """A triangle from dark to full and back, in 2 * `steps` equal steps."""
+    dt = period_s / (2 * steps)
+    up = [Step(colour, round(i / steps, 3), dt) for i in range(1, steps + 1)]
+    down = [Step(colour, round((steps - i) / steps, 3), dt) for i in range(1, steps + 1)]
+    return tuple(up + down)
+
+
+G, A, R = Colour.GREEN, Colour.AMBER, Colour.RED
+
+
+def patterns(ready_level: float = 0.1) -> dict[PanelState, Pattern]:
+    """Every state's pattern; `ready_level` is the brightness of "ready" (0: off)."""
+    return {
+        PanelState.STARTING: Pattern(
+            "chase",
+            "green, amber, red 0.2 s each with 0.1 s dark between, repeated",
+            (
+                Step(G, 1.0, 0.2),
+                Step(DARK, 0.0, 0.1),
+                Step(A, 1.0, 0.2),
+                Step(DARK, 0.0, 0.1),
+                Step(R, 1.0, 0.2),
+                Step(DARK, 0.0, 0.1),
+            ),
+        ),
+        PanelState.READY: Pattern(
+            "steady dim green", "green at low brightness, steady", _steady(G, ready_level)
+        ),
+        PanelState.WAITING: Pattern(
+            "breathing green",
+            "green fading up over 2 s and down over 2 s, repeated",
+            _breathing(G),
+        ),
+        PanelState.GOT_IT: Pattern(
+            "double blink",
+            "two short bright green blinks (0.2 s on, 0.2 s off), 0.8 s dark, repeated",
+            (Step(G, 1.0, 0.2), Step(DARK, 0.0, 0.2), Step(G, 1.0, 0.2), Step(DARK, 0.0, 0.8)),
+        ),
+        PanelState.SENT: Pattern(
+            "steady bright green", "green at full brightness, steady", _steady(G, 1.0)
+        ),
+        PanelState.STORED_LATER: Pattern(
+            "amber, long on short off",
+            "amber 1.7 s on, 0.3 s dark, repeated",
+            (Step(A, 1.0, 1.7), Step(DARK, 0.0, 0.3)),
+        ),
+        PanelState.NEEDS_HELP: Pattern(
+            "slow red blink",
+            "red 1 s on, 1 s dark, repeated; three short beeps when the trouble starts",
+            (Step(R, 1.0, 1.0), Step(DARK, 0.0, 1.0)),
+            beeps=(0.1, 0.1, 0.1, 0.1, 0.1),
+        ),
+        PanelState.INSTALLER: Pattern(
+            "triple flash",
+            "three quick amber flashes (0.1 s on, 0.1 s between), 1.1 s dark, repeated",
+            (
+                Step(A, 1.0, 0.1),
+                Step(DARK, 0.0, 0.1),
+                Step(A, 1.0, 0.1),
+                Step(DARK, 0.0, 0.1),
+                Step(A, 1.0, 0.1),
+                Step(DARK, 0.0, 1.1),
+            ),
+        ),
+    }

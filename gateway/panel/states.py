@@ -1,0 +1,236 @@
+"""What the panel shows: a pure state machine from daemon events to one state.
+
+No pins, no loop, no clock of its own: feed it events with the time they
+happened (`handle(event, now)`), ask what to show (`state(now)`) and when that
+may change without a new event (`next_change(now)`). Times are monotonic seconds.
+
+Priority, highest first (the README's table is the patient-facing version):
+
+1. STARTING      the daemon has not started yet
+2. GOT_IT        a new reading was stored: shown at least `got_it_s`, then until its
+                 PUBACK, an uplink loss or `send_wait_s`
+3. SENT          that reading's PUBACK arrived: `sent_s`
+4. STORED_LATER  that reading was stored but cannot go now (uplink down, publish
+                 refused, or no PUBACK within `send_wait_s`): `stored_later_s`
+5. INSTALLER     the pairing window is open (long press)
+6. NEEDS_HELP    any help reason holds (see `help_reasons`)
+7. WAITING       the measure window is open and no reading has been stored since it opened
+8. READY         none of the above
+
+Only the latest stored reading drives 2-4, and a new "measure now" press ends its
+feedback. "sent" needs a `ReadingDelivered` for that very reading id: a store
+alone never shows it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from gateway.events import (
+    ButtonReleased,
+    ButtonStuck,
+    ClockOk,
+    ClockWrong,
+    DeviceFailing,
+    DeviceRecovered,
+    DiskFull,
+    DiskOk,
+    Event,
+    HubStarted,
+    PublishRefused,
+    ReadingDelivered,
+    ReadingsDropped,
+    ReadingStored,
+    UplinkDown,
+    UplinkUp,
+    WindowClosed,
+    WindowOpened,
+)
+
+
+class PanelState(enum.Enum):
+    STARTING = "starting"
+    GOT_IT = "got it"
+    SENT = "sent"
+    STORED_LATER = "stored, will send later"
+    INSTALLER = "installer"
+    NEEDS_HELP = "needs help"
+    WAITING = "waiting for you"
+    READY = "ready"
+
+
+#: Highest first.
+PRIORITY: tuple[PanelState, ...] = tuple(PanelState)
+
+
+@dataclass(frozen=True, slots=True)
+class StateTimings:
+    got_it_s: float = 1.4  # at least one cycle of the "got it" pattern
+    sent_s: float = 10.0
+    stored_later_s: float = 10.0
+    send_wait_s: float = 30.0
+    help_after_failures: int = 3
+    offline_help_s: float = 21600.0
+
+
+@dataclass(slots=True)
+class _Latest:
+    reading_id: str
+    device_id: str
+    stored_at: float
+    delivered_at: float | None = None
+    deferred_at: float | None = None
+
+
+class PanelStateMachine:
+    def __init__(self, timings: StateTimings, now: float) -> None:
+        self.timings = timings
+        self.started = False
+        self.uplink_up = False
+        self.offline_since: float | None = now
+        self.measuring = False  # measure window open, no reading since it opened
+        self.pairing = False
+        self.failures: dict[str, int] = {}
+        self.dropping = False
+        self.refused = False
+        self.disk_full = False
+        self.button_stuck = False
+        self.clock_wrong = False
+        self.latest: _Latest | None = None
+
+    # -- input -------------------------------------------------------------------------
+
+    def handle(self, event: Event, now: float) -> None:
+        match event:
+            case HubStarted():
+                self.started = True
+            case ReadingStored(device_id=device, reading_id=rid, duplicate=False):
+                self.measuring = False
+                self.latest = _Latest(rid, device, now)
+                if not self.uplink_up:
+                    self.latest.deferred_at = now
+            case ReadingDelivered(reading_id=rid):
+                self.dropping = False
+                self.refused = False
+                if self.latest is not None and self.latest.reading_id == rid:
+                    self.latest.delivered_at = now
+            case PublishRefused(device_id=device):
+                self.refused = True
+                self._defer(now, device)
+            case UplinkUp():
+                self.uplink_up = True
+                self.offline_since = None
+            case UplinkDown():
+                self.uplink_up = False
+                if self.offline_since is None:
+                    self.offline_since = now
+                self._defer(now, None)
+            case DeviceFailing(device_id=device):
+                self.failures[device] = self.failures.get(device, 0) + 1
+            case DeviceRecovered(device_id=device):
+                self.failures.pop(device, None)
+            case ReadingsDropped():
+                self.dropping = True
+            case DiskFull():
+                self.disk_full = True
+            case DiskOk():
+                self.disk_full = False
+            case ButtonStuck():
+                self.button_stuck = True
+            case ButtonReleased():
+                self.button_stuck = False
+            case ClockWrong():
+                self.clock_wrong = True
+            case ClockOk():
+                self.clock_wrong = False
+            case WindowOpened(kind="measure"):
+                # A new press: the patient has moved on from the last reading's feedback.
+                self.measuring = True
+                self.latest = None
+            case WindowClosed(kind="measure"):
+                self.measuring = False
+            case WindowOpened(kind="pairing"):
+                self.pairing = True
+            case WindowClosed(kind="pairing"):
+                self.pairing = False
+            case _:
+                pass
+
+    def _defer(self, now: float, device: str | None) -> None:
+        latest = self.latest
+        if latest is None or latest.delivered_at is not None or latest.deferred_at is not None:
+            return
+        if device is None or device == latest.device_id:
+            latest.deferred_at = now
+
+    # -- output ------------------------------------------------------------------------
+
+    def help_reasons(self, now: float) -> list[str]:
+        t = self.timings
+        reasons = [
+            f"device {device} keeps failing"
+            for device, count in sorted(self.failures.items())
+            if count >= t.help_after_failures
+        ]
+        if self.disk_full:
+            reasons.append("disk full")
+        if self.dropping:
+            reasons.append("store full, dropping readings")
+        if self.refused:
+            reasons.append("broker refuses readings")
+        if self.offline_since is not None and now - self.offline_since >= t.offline_help_s:
+            reasons.append("offline too long")
+        if self.button_stuck:
+            reasons.append("button stuck")
+        if self.clock_wrong:
+            reasons.append("clock wrong")
+        return reasons
+
+    def _feedback(self, now: float) -> tuple[PanelState | None, float | None]:
+        """The latest reading's state, and when it ends."""
+        latest = self.latest
+        if latest is None:
+            return None, None
+        t = self.timings
+        got_it_end = latest.stored_at + t.got_it_s
+        if latest.delivered_at is not None:
+            start = max(latest.delivered_at, got_it_end)
+            if now < got_it_end:
+                return PanelState.GOT_IT, got_it_end
+            end = start + t.sent_s
+            return (PanelState.SENT, end) if now < end else (None, None)
+        deferred_at = latest.deferred_at
+        if deferred_at is None and now >= latest.stored_at + t.send_wait_s:
+            deferred_at = latest.stored_at + t.send_wait_s
+        if deferred_at is None:
+            return PanelState.GOT_IT, latest.stored_at + t.send_wait_s
+        if now < got_it_end:
+            return PanelState.GOT_IT, got_it_end
+        end = max(deferred_at, got_it_end) + t.stored_later_s
+        return (PanelState.STORED_LATER, end) if now < end else (None, None)
+
+    def state(self, now: float) -> PanelState:
+        if not self.started:
+            return PanelState.STARTING
+        feedback, _ = self._feedback(now)
+        if feedback is not None:
+            return feedback
+        if self.pairing:
+            return PanelState.INSTALLER
+        if self.help_reasons(now):
+            return PanelState.NEEDS_HELP
+        if self.measuring:
+            return PanelState.WAITING
+        return PanelState.READY
+
+    def next_change(self, now: float) -> float | None:
+        """The next time `state()` may change without an event (None: not by time)."""
+        candidates: list[float] = []
+        _, end = self._feedback(now)
+        if end is not None:
+            candidates.append(end)
+        if self.offline_since is not None:
+            candidates.append(self.offline_since + self.timings.offline_help_s)
+        later = [c for c in candidates if c > now]
+        return min(later) if later else None
