@@ -73,8 +73,18 @@ def _start_ble_simulator(data: dict[str, object]) -> subprocess.Popen[str]:
 
     port = free_port()
     simulator = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "--log-level", "WARNING", "simulate",
-         "--ble", f"tcp-server:127.0.0.1:{port}", "--interval", "10"],
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "--log-level",
+            "WARNING",
+            "simulate",
+            "--ble",
+            f"tcp-server:127.0.0.1:{port}",
+            "--interval",
+            "10",
+        ],
         stdout=subprocess.PIPE,
         text=True,
         start_new_session=True,

@@ -1,7 +1,8 @@
 """`homehub simulate`: run virtual devices until Ctrl-C (or for `seconds`).
 
 Each kind of virtual device is one *part* (`--serial DIR`, `--ble TRANSPORT`):
-a coroutine that runs until cancelled. They all run in one event loop and stop together, removing what they created.
+a coroutine that runs until cancelled. They all run in one event loop and
+stop together, removing what they created.
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ class BleRuntime:
         if self.section.stack == "bluez":
             return {}
         # Bumble is imported only where it is used (stack = "bumble").
-        from gateway.drivers.ble.bumble import (  # noqa: PLC0415
+        from gateway.drivers.ble.bumble import (
             BumbleAdapter,
             BumbleClient,
             BumbleScanner,
