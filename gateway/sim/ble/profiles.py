@@ -90,6 +90,8 @@ class GlucoseMeter(VirtualPeripheral):
         self.records: list[GlucoseRecord] = []
         self.drop_after: int | None = None
         self.quiet_after_drop = False
+        #: pause between records, to give a test time to kill the hub mid-transfer
+        self.record_delay_s = 0.0
         #: highest sequence number a client has been sent: the meter advertises
         #: while it holds newer records, like a meter after a new measurement
         self.reported_up_to = 0
@@ -182,6 +184,8 @@ class GlucoseMeter(VirtualPeripheral):
             await self._respond(connection, request.op_code, racp.ResponseCode.NO_RECORDS_FOUND)
             return
         for sent, record in enumerate(selected):
+            if self.connection is not connection:
+                return  # the link is gone: a real meter stops the procedure too
             if self.drop_after is not None and sent >= self.drop_after:
                 self.drop_after = None
                 if self.quiet_after_drop:
@@ -191,6 +195,8 @@ class GlucoseMeter(VirtualPeripheral):
             await self.device.notify_subscriber(connection, self.measurement, record.encode())
             self.sent_sequences.append(record.sequence)
             self.reported_up_to = max(self.reported_up_to, record.sequence)
+            if self.record_delay_s:
+                await asyncio.sleep(self.record_delay_s)
         await self._respond(connection, request.op_code, racp.ResponseCode.SUCCESS)
 
     async def _respond(self, connection: Connection, op_code: int, code: int) -> None:
