@@ -105,7 +105,7 @@ class Hub:
         self._pin_factory = pin_factory  # gpiozero's; None: chosen by [panel] backend
         self.panel: Panel | None = None
         #: shared by the BLE drivers; opens nothing until a driver scans
-        self.ble = BleRuntime(config.ble)
+        self.ble = BleRuntime(config.ble, config.gateway.state_dir / "ble-bonds.json")
 
     def stop(self) -> None:
         """Ask the hub to stop; `run()` returns once it has shut down cleanly."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from bleak import BleakClient, BleakScanner
@@ -96,6 +97,21 @@ async def test_pairing_required_for_racp(air: Air, adapter: BumbleAdapter) -> No
         )
         record = glucose.decode_measurement(records.get_nowait())
         assert (record.sequence, record.concentration, record.unit) == (1, 95.0, "mg/dL")
+
+
+async def test_bonds_are_kept_in_the_keystore_file(air: Air, tmp_path: Path) -> None:
+    keys = tmp_path / "state" / "ble-bonds.json"
+    adapter = BumbleAdapter(air.transport, keystore_path=keys)
+    meter = GlucoseMeter(air.air, "C0:22:33:44:55:77", "Glucose-sim")
+    await meter.start()
+    await meter.measure(WHEN, 95.0)
+    try:
+        device = await find(adapter, meter.address)
+        async with BleakClient(device, backend=BumbleClient, bumble=adapter, timeout=5, pair=True):
+            pass
+    finally:
+        await adapter.close()
+    assert meter.address in keys.read_text()
 
 
 async def test_connect_to_an_unknown_address_fails_cleanly(adapter: BumbleAdapter) -> None:

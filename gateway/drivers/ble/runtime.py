@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
 from typing import Any
 
 from bleak import BleakClient, BleakScanner
@@ -34,8 +35,10 @@ STOP_S = 2.0
 
 
 class BleRuntime:
-    def __init__(self, section: BleSection) -> None:
+    def __init__(self, section: BleSection, keystore_path: Path | None = None) -> None:
         self.section = section
+        #: where the Bumble stack keeps its bonds (BlueZ keeps its own)
+        self.keystore_path = keystore_path
         self.connect_lock = asyncio.Lock()
         self._adapter: Any = None  # BumbleAdapter, imported only for stack = "bumble"
         self._waiters: dict[str, list[asyncio.Future[BLEDevice]]] = {}
@@ -58,7 +61,7 @@ class BleRuntime:
         )
 
         if self._adapter is None:
-            self._adapter = BumbleAdapter(self.section.transport)
+            self._adapter = BumbleAdapter(self.section.transport, keystore_path=self.keystore_path)
         backend = BumbleScanner if scanner else BumbleClient
         return {"backend": backend, "bumble": self._adapter}
 

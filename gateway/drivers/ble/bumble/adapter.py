@@ -6,10 +6,12 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 from bumble.core import UUID
 from bumble.device import Advertisement, Device
 from bumble.hci import Address
+from bumble.keys import JsonKeyStore
 from bumble.transport import open_transport
 from bumble.transport.common import Transport
 
@@ -29,9 +31,16 @@ def bleak_uuid(value: UUID) -> str:
 class BumbleAdapter:
     """Opens the transport and powers the host on at first use; fans advertisements out."""
 
-    def __init__(self, transport: str, address: str = DEFAULT_HUB_ADDRESS) -> None:
+    def __init__(
+        self,
+        transport: str,
+        address: str = DEFAULT_HUB_ADDRESS,
+        keystore_path: Path | None = None,
+    ) -> None:
         self.transport_spec = transport
         self._address = address
+        #: bonds (pairing keys) survive restarts here; None: kept in memory only
+        self._keystore_path = keystore_path
         self._lock = asyncio.Lock()
         self._transport: Transport | None = None
         self._device: Device | None = None
@@ -56,6 +65,9 @@ class BumbleAdapter:
                     "homehub", Address(self._address), transport.source, transport.sink
                 )
                 device.on(device.EVENT_ADVERTISEMENT, self._on_advertisement)
+                if self._keystore_path is not None:
+                    self._keystore_path.parent.mkdir(parents=True, exist_ok=True)
+                    device.keystore = JsonKeyStore(None, str(self._keystore_path))
                 await device.power_on()
             except BaseException:
                 await transport.close()
