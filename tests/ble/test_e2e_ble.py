@@ -224,3 +224,27 @@ async def test_garbage_is_logged_and_counted_and_the_connection_goes_on(
     assert any("undecodable" in w and "(1 so far)" in w for w in warnings), warnings
     # Logs never carry the patient's values or the device's address.
     assert not any("118" in w or bp.address in w for w in warnings)
+
+
+async def test_glucose_meter_that_starts_its_numbering_over(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    air: Air,
+    listener_factory: Callable[..., Listener],
+) -> None:
+    listener = listener_factory(broker.port)
+    meter = GlucoseMeter(air.air, "C0:00:00:00:00:0E", "Glucose")
+    await meter.start()
+    for i in range(3):
+        await meter.measure(WHEN.replace(hour=6, minute=i), 100.0 + i)
+    devices = [{"id": "glu", "driver": "ble.glucose", "address": meter.address}]
+    async with running_hub(tmp_path, broker, air, devices):
+        await wait_readings(listener, 3)
+    meter.reset()  # new batteries: records 1, 2 are new measurements
+    await meter.measure(WHEN.replace(hour=12, minute=0), 150.0)
+    await meter.measure(WHEN.replace(hour=12, minute=5), 151.0)
+    async with running_hub(tmp_path, broker, air, devices) as hub:
+        docs = await wait_readings(listener, 5)
+        assert hub.store is not None
+        assert await hub.store.get_cursor("glu", "glucose_sequence") == 2
+    assert sorted(d["values"][0]["value"] for d in docs) == [100.0, 101.0, 102.0, 150.0, 151.0]

@@ -179,6 +179,7 @@ def test_racp_requests() -> None:
     assert racp.report_all_records() == h("0101")
     assert racp.report_number_from(300) == h("04 03 01 2c01")
     assert racp.abort() == h("0300")
+    assert racp.report_last_record() == h("0106")
     request = racp.decode_request(h("01 03 01 0600"))
     assert (request.op_code, request.operator, request.operand) == (1, 3, h("01 0600"))
 

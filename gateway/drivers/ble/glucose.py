@@ -63,17 +63,43 @@ class GlucoseDriver(BleDriver):
         request = racp.report_all_records() if last is None else racp.report_records_from(last + 1)
         await client.write_gatt_char(racp.RACP_UUID, request, response=True)
         stored = 0
+        # "probe": nothing new was found, so ask for the meter's last record: a
+        # sequence number below the cursor means the meter started its numbering
+        # over (reset, new batteries, a replaced meter) and every record is new.
+        probing = False
+        probed: int | None = None
         while (
             item := await next_item(queue, disconnected, options.transfer_timeout_s)
         ) is not None:
             kind, data = item[:1], item[1:]
             if kind == b"R":
-                self._finish(data, stored)
+                response = self._finish(data, stored, quiet=probing)
+                nothing_new = (
+                    response is not None and response.code == racp.ResponseCode.NO_RECORDS_FOUND
+                )
+                if not probing and last is not None and stored == 0 and nothing_new:
+                    probing = True
+                    await client.write_gatt_char(
+                        racp.RACP_UUID, racp.report_last_record(), response=True
+                    )
+                    continue
+                if probing and probed is not None and last is not None and probed < last:
+                    self.context.logger.warning(
+                        "the meter numbers its records anew (reset or replaced); reading all"
+                    )
+                    probing, probed, last = False, None, None
+                    await client.write_gatt_char(
+                        racp.RACP_UUID, racp.report_all_records(), response=True
+                    )
+                    continue
                 return True
             try:
                 record = glucose.decode_measurement(data)
             except DecodeError as exc:
                 self.decode_failed(exc)
+                continue
+            if probing:
+                probed = record.sequence
                 continue
             if last is not None and record.sequence <= last:
                 continue  # not asked for; the meter ignored the filter
@@ -86,21 +112,22 @@ class GlucoseDriver(BleDriver):
         self.context.logger.info("glucose transfer interrupted after %d record(s)", stored)
         return False
 
-    def _finish(self, data: bytes, stored: int) -> None:
+    def _finish(self, data: bytes, stored: int, *, quiet: bool = False) -> racp.Response | None:
         log = self.context.logger
         try:
             response = racp.decode_response(data)
         except DecodeError as exc:
             self.decode_failed(exc)
-            return
-        if isinstance(response, racp.Response) and response.code in (
-            racp.ResponseCode.SUCCESS,
-            racp.ResponseCode.NO_RECORDS_FOUND,
-        ):
-            log.info("glucose transfer complete: %d new record(s)", stored)
+            return None
+        if not isinstance(response, racp.Response):
+            log.warning("glucose meter answered the record request with a count")
+            return None
+        if response.code in (racp.ResponseCode.SUCCESS, racp.ResponseCode.NO_RECORDS_FOUND):
+            if not quiet:
+                log.info("glucose transfer complete: %d new record(s)", stored)
         else:
-            detail = response.describe() if isinstance(response, racp.Response) else "count"
-            log.warning("glucose meter answered the record request with %s", detail)
+            log.warning("glucose meter answered the record request with %s", response.describe())
+        return response
 
     def reading(self, record: glucose.GlucoseMeasurement) -> Reading:
         unit = Ucum.MMOL_PER_L if record.unit == "mmol/L" else Ucum.MG_PER_DL

@@ -140,6 +140,11 @@ class GlucoseMeter(VirtualPeripheral):
         await self.advertise()
         return record
 
+    def reset(self) -> None:
+        """Factory reset (or new batteries on some meters): records and numbering start over."""
+        self.records.clear()
+        self.reported_up_to = 0
+
     def _on_racp_write(self, connection: Connection, value: bytes) -> None:
         try:
             request = racp.decode_request(value)
@@ -155,6 +160,8 @@ class GlucoseMeter(VirtualPeripheral):
     def _select(self, request: racp.Request) -> list[GlucoseRecord] | racp.ResponseCode:
         if request.operator == racp.Operator.ALL:
             return list(self.records)
+        if request.operator == racp.Operator.LAST:
+            return self.records[-1:]
         if request.operator == racp.Operator.GREATER_OR_EQUAL:
             if len(request.operand) != 3 or request.operand[0] != racp.FILTER_SEQUENCE_NUMBER:
                 return racp.ResponseCode.OPERAND_NOT_SUPPORTED

@@ -91,6 +91,10 @@ def report_all_records() -> bytes:
     return bytes([OpCode.REPORT_STORED_RECORDS, Operator.ALL])
 
 
+def report_last_record() -> bytes:
+    return bytes([OpCode.REPORT_STORED_RECORDS, Operator.LAST])
+
+
 def report_number_from(sequence: int) -> bytes:
     return bytes(
         [OpCode.REPORT_NUMBER_OF_RECORDS, Operator.GREATER_OR_EQUAL, FILTER_SEQUENCE_NUMBER]
