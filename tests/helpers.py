@@ -247,7 +247,10 @@ class FreezableProxy:
                         data = b""
                     if not data:
                         return
-                    (b if source is a else a).sendall(data)
+                    try:
+                        (b if source is a else a).sendall(data)
+                    except OSError:
+                        return
         finally:
             with self._lock:
                 self._pumps -= 1
