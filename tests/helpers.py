@@ -99,6 +99,7 @@ class Listener:
             with self._cond:
                 self.readings.append(doc)
                 self._cond.notify_all()
+        self.process.stdout.close()
 
     def _read_stderr(self) -> None:
         assert self.process and self.process.stderr
@@ -106,6 +107,7 @@ class Listener:
             self.stderr_lines.append(line.rstrip())
             if "subscribed on" in line:
                 self._subscribed.set()
+        self.process.stderr.close()
 
     def wait_for(self, count: int, timeout_s: float) -> list[dict[str, Any]]:
         with self._cond:
@@ -165,6 +167,7 @@ class LineReader:
         for line in self._process.stdout:
             self.all.append(line.rstrip())
             self.lines.put(line.rstrip())
+        self._process.stdout.close()
 
     def wait_for(self, needle: str, timeout_s: float) -> str:
         deadline = time.monotonic() + timeout_s
