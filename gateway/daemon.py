@@ -20,12 +20,15 @@ from pydantic import ValidationError
 from gateway import __version__
 from gateway.backoff import Backoff
 from gateway.clock import Clock, SystemClock
+from gateway.clockcheck import clock_problem
 from gateway.config import HubConfig
 from gateway.drivers.base import DriverContext, DriverOptions, StoredReading
 from gateway.drivers.ble.runtime import BleRuntime
 from gateway.drivers.registry import DriverRegistry
 from gateway.errors import DriverError, StoreFullError
 from gateway.events import (
+    ClockOk,
+    ClockWrong,
     DeviceFailing,
     DeviceRecovered,
     DiskFull,
@@ -55,6 +58,7 @@ DRIVER_BACKOFF_MAX_S = 120.0
 # A driver that ran this long before failing was healthy: its backoff starts over.
 DRIVER_STABLE_S = 60.0
 UPLINK_GRACE_S = 2.0
+CLOCK_CHECK_S = 60.0
 
 
 def describe_error(exc: BaseException) -> str:
@@ -442,15 +446,30 @@ class Hub:
         held_back = self.uplink.held_back if self.uplink is not None else 0
         return encode_status(self.status.document(stats, held_back=held_back))
 
+    def _check_clock(self) -> None:
+        problem = clock_problem(self.clock.now())
+        if problem is not None and not self.status.clock_wrong:
+            log.error("clock: %s; readings stamped by the hub will be wrong", problem)
+            self.status.clock_wrong = True
+            self.events.publish(ClockWrong(problem))
+            self._status_changed()
+        elif problem is None and self.status.clock_wrong:
+            log.warning("clock: plausible again")
+            self.status.clock_wrong = False
+            self.events.publish(ClockOk())
+            self._status_changed()
+
     async def _housekeeping(self) -> None:
         """Purge delivered readings after the retention; checkpoint in NORMAL mode."""
         store_cfg = self.config.store
         assert self.store is not None
-        interval = store_cfg.purge_interval_s
+        # The clock is checked on every round: at least once a minute.
+        interval = min(store_cfg.purge_interval_s, CLOCK_CHECK_S)
         if store_cfg.synchronous == "normal":
             interval = min(interval, store_cfg.checkpoint_interval_s)
         last_purge = 0.0
         while True:
+            self._check_clock()
             now = time.monotonic()
             try:
                 if now - last_purge >= store_cfg.purge_interval_s:

@@ -111,7 +111,7 @@ class ButtonReleased(Event):
 
 @dataclass(frozen=True, slots=True)
 class ClockWrong(Event):
-    """The hub's wall clock is implausible (nothing publishes this yet)."""
+    """The hub's wall clock is implausible (gateway/clockcheck.py)."""
 
     reason: str
 

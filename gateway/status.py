@@ -39,6 +39,7 @@ class StatusTracker:
     uplink_connected: bool = False
     disk_full: bool = False
     store_full: bool = False
+    clock_wrong: bool = False
 
     def document(
         self, stats: StoreStats, *, now: float | None = None, held_back: int = 0
@@ -58,6 +59,7 @@ class StatusTracker:
             "oldest_unsent_age_s": None if oldest is None else round(max(0.0, now - oldest), 1),
             "last_delivery_at": iso_utc(stats.last_delivery_at),
             "uplink": {"connected": self.uplink_connected, "held_back": held_back},
+            "clock_ok": not self.clock_wrong,
             "store": {
                 "dropped": stats.dropped,
                 "full": self.store_full,

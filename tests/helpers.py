@@ -99,6 +99,7 @@ class Listener:
             with self._cond:
                 self.readings.append(doc)
                 self._cond.notify_all()
+        self.process.stdout.close()
 
     def _read_stderr(self) -> None:
         assert self.process and self.process.stderr
@@ -106,6 +107,7 @@ class Listener:
             self.stderr_lines.append(line.rstrip())
             if "subscribed on" in line:
                 self._subscribed.set()
+        self.process.stderr.close()
 
     def wait_for(self, count: int, timeout_s: float) -> list[dict[str, Any]]:
         with self._cond:
@@ -165,6 +167,7 @@ class LineReader:
         for line in self._process.stdout:
             self.all.append(line.rstrip())
             self.lines.put(line.rstrip())
+        self._process.stdout.close()
 
     def wait_for(self, needle: str, timeout_s: float) -> str:
         deadline = time.monotonic() + timeout_s
@@ -180,3 +183,95 @@ class LineReader:
                 continue
             if needle in line:
                 return line
+
+
+class FreezableProxy:
+    """A TCP proxy on 127.0.0.1 whose forwarding can be frozen and thawed.
+
+    Frozen, it reads nothing from either side: bytes wait in the kernel, as on a
+    link that has gone quiet. Thawed, it carries on; when one side closes, it
+    closes the other.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        import socket
+
+        self.target_port = target_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self.port: int = self._listener.getsockname()[1]
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._closed = threading.Event()
+        self._lock = threading.Condition()
+        self._pumps = 0
+        self._parked = 0
+        threading.Thread(target=self._accept, daemon=True, name="proxy-accept").start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while not self._closed.is_set():
+            try:
+                downstream, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                downstream.close()
+                continue
+            threading.Thread(
+                target=self._pump, args=(downstream, upstream), daemon=True, name="proxy-pump"
+            ).start()
+
+    def _pump(self, a: Any, b: Any) -> None:
+        import select
+
+        with self._lock:
+            self._pumps += 1
+        try:
+            while not self._closed.is_set():
+                if not self._flowing.is_set():
+                    with self._lock:
+                        self._parked += 1
+                        self._lock.notify_all()
+                    self._flowing.wait()
+                    with self._lock:
+                        self._parked -= 1
+                    continue
+                ready, _, _ = select.select([a, b], [], [], 0.05)
+                for source in ready:
+                    try:
+                        data = source.recv(65536)
+                    except OSError:
+                        data = b""
+                    if not data:
+                        return
+                    try:
+                        (b if source is a else a).sendall(data)
+                    except OSError:
+                        return
+        finally:
+            with self._lock:
+                self._pumps -= 1
+                self._lock.notify_all()
+            a.close()
+            b.close()
+
+    def freeze(self, timeout_s: float = 5.0) -> None:
+        """Stop forwarding; returns once every connection has stopped moving bytes."""
+        self._flowing.clear()
+        with self._lock:
+            if not self._lock.wait_for(lambda: self._parked == self._pumps, timeout_s):
+                raise AssertionError("the proxy did not freeze")
+
+    def thaw(self) -> None:
+        self._flowing.set()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._flowing.set()
+        self._listener.close()

@@ -273,3 +273,42 @@ def test_sigterm_while_connecting_into_a_black_hole_exits_within_5s(tmp_path: Pa
             hub.kill()
         for s in [listener, *fillers]:
             s.close()
+
+
+async def test_an_implausible_clock_is_reported_and_cleared(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from gateway.clock import SystemClock
+    from gateway.events import ClockOk, ClockWrong
+
+    class StoppedAt1970(SystemClock):
+        """A Pi before NTP answered: no battery clock."""
+
+        offset = datetime(1970, 1, 1, tzinfo=UTC) - datetime.now(UTC)
+
+        def now(self) -> datetime:
+            return super().now() + self.offset
+
+    clock = StoppedAt1970()
+    path = write_config(
+        tmp_path / "hub.toml",
+        broker=None,
+        state_dir=tmp_path / "state",
+        mqtt={"port": free_port()},
+    )
+    registry = DriverRegistry.from_entry_points()
+    events = EventBus()
+    queue, _ = events.queue()
+    hub = Hub(config_for(path, registry), registry, events=events, clock=clock)
+    task = asyncio.create_task(hub.run())
+    try:
+        wrong = await collect_until(queue, ClockWrong, 5)
+        assert isinstance(wrong, ClockWrong) and "1970-01-01" in wrong.reason
+        assert hub.status.clock_wrong
+        clock.offset = timedelta(0)  # NTP answered
+        hub._check_clock()
+        await collect_until(queue, ClockOk, 5)
+        assert not hub.status.clock_wrong
+    finally:
+        hub.stop()
+        await asyncio.wait_for(task, 6)

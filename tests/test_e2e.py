@@ -18,7 +18,14 @@ import jsonschema
 
 from gateway.schemas import load_schema
 from gateway.sim.broker import MosquittoBroker
-from tests.helpers import LineReader, Listener, hub_process, wait_until, write_config
+from tests.helpers import (
+    FreezableProxy,
+    LineReader,
+    Listener,
+    hub_process,
+    wait_until,
+    write_config,
+)
 
 FAST_MQTT = {"reconnect_min_s": 0.1, "reconnect_max_s": 0.5, "keepalive_s": 5}
 
@@ -124,6 +131,10 @@ def test_thousand_readings_arrive_once_intact_and_valid(
         assert stamps == sorted(stamps)
 
 
+def delivered_ids(state_dir: Path) -> set[str]:
+    return {rid for rid, (_, delivered) in store_rows(state_dir).items() if delivered is not None}
+
+
 def test_broker_killed_twice_while_readings_flow_loses_nothing(
     tmp_path: Path,
     broker_factory: Callable[..., MosquittoBroker],
@@ -132,6 +143,14 @@ def test_broker_killed_twice_while_readings_flow_loses_nothing(
     # The backend side does what README asks of a real backend: a persistent
     # session (so the broker queues for it) on a broker that persists.
     broker = broker_factory(persistent=True)
+    # The hub reaches the broker through a proxy the test can freeze. mosquitto
+    # acknowledges a publish before it has saved or forwarded it, so a broker
+    # SIGKILLed at a random instant may lose a reading it already acknowledged:
+    # that is the broker's durability, not the hub's. Freezing the hub's link
+    # first, and killing once the backend holds everything the hub saw
+    # acknowledged, kills the broker with the hub's readings still in flight:
+    # those are the hub's to resend, and all of them must arrive.
+    proxy = FreezableProxy(broker.port)
     total = 600
     state = tmp_path / "state"
     config = write_config(
@@ -139,18 +158,26 @@ def test_broker_killed_twice_while_readings_flow_loses_nothing(
         broker=broker,
         state_dir=state,
         devices=sim_devices(count=total // 2, interval_s=0.01, n=2),
-        mqtt=FAST_MQTT,
+        mqtt={**FAST_MQTT, "port": proxy.port},
     )
     listener = listener_factory(broker.port, session="backend-under-test")
     hub = hub_process(config)
     try:
         for mark in (100, 300):
             listener.wait_for(mark, timeout_s=60)
+            proxy.freeze()
+            wait_until(
+                lambda: delivered_ids(state) <= set(listener.ids()),
+                20,
+                "the backend to hold every reading the hub saw acknowledged",
+            )
             broker.kill()
             broker.start()
+            proxy.thaw()
         readings = listener.wait_for(total, timeout_s=90)
         stop_hub(hub)
     finally:
+        proxy.close()
         if hub.poll() is None:
             hub.kill()
     ids = {r["id"] for r in readings}

@@ -115,6 +115,7 @@ class MosquittoBroker:
                 self.log_lines.append(line)
                 if " running" in line:
                     running.set()
+            process.stderr.close()
             running.set()  # the broker exited: stop waiting
 
         threading.Thread(target=read_log, daemon=True, name="mosquitto-log").start()
