@@ -74,6 +74,30 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+DRIVER_STOP_S = 1.0
+
+
+async def _cancel_bounded(tasks: list[asyncio.Task[None]], what: str) -> None:
+    """Cancel tasks and wait for them, but never for ever.
+
+    Python 3.11's asyncio.wait_for can swallow a cancellation that arrives as
+    its inner future completes (bleak and bumble use it inside), so a task may
+    need a second cancel; one that ignores both is left behind, logged, so the
+    shutdown still ends within its 5 s.
+    """
+    pending = {task for task in tasks if not task.done()}
+    for attempt in range(2):
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=DRIVER_STOP_S)
+        if attempt == 0 and pending:
+            log.warning("%s: %d task(s) ignored a cancel; cancelling again", what, len(pending))
+    if pending:
+        log.error("%s: %d task(s) would not stop; going on without them", what, len(pending))
+
+
 class Hub:
     """The running hub. `run()` until `stop()` (or cancellation)."""
 
@@ -174,9 +198,7 @@ class Hub:
 
     async def _shutdown_locked(self, store: Store, background: list[asyncio.Task[None]]) -> None:
         log.info("stopping: drivers first, then the uplink, then the store")
-        for task in self._driver_tasks.values():
-            task.cancel()
-        await asyncio.gather(*self._driver_tasks.values(), return_exceptions=True)
+        await _cancel_bounded(list(self._driver_tasks.values()), "device drivers")
         with contextlib.suppress(Exception):
             async with asyncio.timeout(2.0):
                 await self.ble.close()
@@ -230,8 +252,7 @@ class Hub:
     async def _stop_driver(self, device_id: str) -> None:
         task = self._driver_tasks.pop(device_id, None)
         if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await _cancel_bounded([task], f"device {device_id}'s driver")
         self.status.devices.pop(device_id, None)
 
     # -- reload (SIGHUP) -----------------------------------------------------------

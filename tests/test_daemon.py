@@ -312,3 +312,45 @@ async def test_an_implausible_clock_is_reported_and_cleared(tmp_path: Path) -> N
     finally:
         hub.stop()
         await asyncio.wait_for(task, 6)
+
+
+async def test_a_driver_that_ignores_cancellation_does_not_hang_the_shutdown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gateway.daemon.DRIVER_STOP_S", 0.2)
+
+    class StubbornDriver(Driver):
+        """Swallows every cancel, as a lost cancellation inside a library would."""
+
+        released = False
+
+        async def run(self) -> None:
+            while True:
+                try:
+                    await asyncio.sleep(3600)
+                except asyncio.CancelledError:
+                    if StubbornDriver.released:
+                        raise
+
+    registry = DriverRegistry({"simulated": SimulatedDriver, "stubborn": StubbornDriver})
+    path = write_config(
+        tmp_path / "hub.toml",
+        broker=None,
+        state_dir=tmp_path / "state",
+        devices=[{"id": "s-1", "driver": "stubborn"}],
+        mqtt={"port": free_port()},
+    )
+    hub = Hub(config_for(path, registry), registry, events=EventBus())
+    task = asyncio.create_task(hub.run())
+    async with asyncio.timeout(5):
+        while "s-1" not in hub._driver_tasks:
+            await asyncio.sleep(0.01)
+    started = time.monotonic()
+    hub.stop()
+    await asyncio.wait_for(task, 5)
+    assert time.monotonic() - started < 3.0
+    stubborn = hub._driver_tasks["s-1"]
+    assert not stubborn.done()
+    StubbornDriver.released = True  # the test's own clean-up
+    stubborn.cancel()
+    await asyncio.gather(stubborn, return_exceptions=True)
