@@ -47,7 +47,7 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-async def run(workdir: Path) -> None:
+async def run(workdir: Path) -> dict[str, float]:
     broker = MosquittoBroker(workdir / "broker")
     broker.start()
     air = VirtualAir()
@@ -110,6 +110,13 @@ async def run(workdir: Path) -> None:
         f"  connecting {connect_share:5.1%} of the median, "
         f"discovering (+ time write, subscribe) {discover_share:5.1%}"
     )
+    return {
+        "runs": RUNS,
+        "p50_ms": p50 * 1000,
+        "p99_ms": p99 * 1000,
+        "connect_share": connect_share,
+        "discover_share": discover_share,
+    }
 
 
 def main() -> None:
