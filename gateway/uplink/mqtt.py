@@ -31,6 +31,7 @@ import logging
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -63,6 +64,8 @@ PERMANENT_REFUSALS = frozenset({0x90, 0x95, 0x99})
 # MQTT 5 §3.2.2.3.3: Receive Maximum absent means 65,535.
 DEFAULT_RECEIVE_MAXIMUM = 65535
 STATUS_DEBOUNCE_S = 1.0
+# Deliveries are written to the store at most this often (see _flush_acks).
+ACK_BATCH_S = 0.05
 
 
 @dataclass(slots=True)
@@ -291,10 +294,30 @@ class MqttUplink:
         ) -> None:
             threadsafe(_settle, lost, str(rc))
 
+        # PUBACKs arrive in bursts; hop to the loop once per burst, not once per
+        # PUBACK (each hop wakes the loop through its self-pipe).
+        pubacks: deque[tuple[int, ReasonCode]] = deque()
+        hop_lock = threading.Lock()
+        hop_pending = False
+
+        def take_pubacks() -> None:
+            nonlocal hop_pending
+            with hop_lock:
+                hop_pending = False
+            while pubacks:
+                mid, rc = pubacks.popleft()
+                self._on_publish(client, mid, rc)
+
         def on_publish(
             _c: paho.Client, _u: Any, mid: int, rc: ReasonCode, _p: Properties | None
         ) -> None:
-            threadsafe(self._on_publish, client, mid, rc.value, str(rc))
+            nonlocal hop_pending
+            pubacks.append((mid, rc))
+            with hop_lock:
+                if hop_pending:
+                    return
+                hop_pending = True
+            threadsafe(take_pubacks)
 
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect
@@ -462,16 +485,17 @@ class MqttUplink:
         # this line even when the PUBACK is already back.
         session.inflight[info.mid] = _InFlight(row.seq, row.id, row.device_id)
 
-    def _on_publish(self, client: paho.Client, mid: int, code: int, reason: str) -> None:
+    def _on_publish(self, client: paho.Client, mid: int, rc: ReasonCode) -> None:
         session = self._session
         if session is None or session.client is not client:
             return  # a late acknowledgement from a connection already given up
         self._queue.wake.set()
+        code = rc.value
         if mid in session.status_mids:
             session.status_mids.discard(mid)
             session.status_acked.set()
             if code >= 0x80:
-                log.error("mqtt: broker refused the status message: %s", reason)
+                log.error("mqtt: broker refused the status message: %s", rc)
             return
         flight = session.inflight.pop(mid, None)
         if flight is None:
@@ -486,9 +510,9 @@ class MqttUplink:
                 self._ack_flusher = asyncio.create_task(self._flush_acks(), name="mqtt-acks")
             return
         if code in PERMANENT_REFUSALS:
-            self._hold(flight.seq, flight.device_id, f"the broker refused it: {reason}")
+            self._hold(flight.seq, flight.device_id, f"the broker refused it: {rc}")
             return
-        self._refused(flight, reason)
+        self._refused(flight, str(rc))
 
     def _hold(self, seq: int, device_id: str, why: str) -> None:
         self._queue.hold(seq)
@@ -521,6 +545,11 @@ class MqttUplink:
 
     async def _flush_acks(self) -> None:
         while self._acked:
+            # Collect a little first: one transaction (one fsync) per batch of
+            # PUBACKs, not per burst of a few; the PUBACK already counts as
+            # delivered for everyone else (events, panel), this is bookkeeping.
+            if not self._stopping:
+                await asyncio.sleep(ACK_BATCH_S)
             batch, self._acked = self._acked, []
             self._marking.update(batch)
             try:
