@@ -165,6 +165,12 @@ def _baseline_drain(rows: list[Encoded], port: int, window: int, client_id: str)
     try:
         if not connected.wait(10):
             raise RuntimeError("baseline: no CONNACK")
+        # The same window as the uplink's: it keeps one slot of the broker's
+        # Receive Maximum for its status message (MQTT 5 §3.2.2.3.3).
+        rm = receive_maximum[0]
+        effective = max(1, min(window, rm - 1)) if rm else window
+        for _ in range(window - effective):
+            slots.acquire()
         start = time.perf_counter()
         for row in rows:
             slots.acquire()
