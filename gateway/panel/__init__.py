@@ -13,7 +13,6 @@ from typing import Any
 from gateway.config import PanelSection
 from gateway.events import EventBus
 from gateway.panel.backends import NoneBackend, PanelBackend, create_backend
-from gateway.panel.gpio import GpioBackend
 from gateway.panel.panel import Panel
 from gateway.panel.patterns import Colour, Pattern, Step, patterns
 from gateway.panel.states import PRIORITY, PanelState, PanelStateMachine, StateTimings
@@ -52,3 +51,12 @@ def create_panel(
         on_measure=on_measure,
         on_pairing=on_pairing,
     )
+
+
+def __getattr__(name: str) -> Any:
+    # gpiozero costs ~3 MiB of a hub's memory: imported only when a gpio panel is used.
+    if name == "GpioBackend":
+        from gateway.panel.gpio import GpioBackend
+
+        return GpioBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,8 +17,6 @@ from collections.abc import Callable
 from glob import glob
 from typing import Any
 
-from gpiozero import Device
-
 from gateway.config import PanelSection
 from gateway.errors import GatewayError
 from gateway.panel.patterns import Colour
@@ -73,6 +71,8 @@ def default_pin_factory() -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # gpiozero warns for each factory it falls back from
         try:
+            from gpiozero import Device  # only with a gpio panel: ~3 MiB otherwise unused
+
             return Device._default_pin_factory()
         except Exception as exc:
             raise GatewayError(
