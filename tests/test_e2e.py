@@ -166,10 +166,22 @@ def test_broker_killed_twice_while_readings_flow_loses_nothing(
         for mark in (100, 300):
             listener.wait_for(mark, timeout_s=60)
             proxy.freeze()
+            # The hub records PUBACKs in batches (ACK_BATCH_S): wait until what it
+            # recorded has stopped changing (the link is frozen, no PUBACK is on
+            # its way) and the backend holds all of it.
+            last: list[set[str]] = [set()]
+
+            def settled_and_caught_up() -> bool:
+                delivered = delivered_ids(state)
+                settled = delivered == last[0]
+                last[0] = delivered
+                return settled and delivered <= set(listener.ids())
+
             wait_until(
-                lambda: delivered_ids(state) <= set(listener.ids()),
+                settled_and_caught_up,
                 20,
                 "the backend to hold every reading the hub saw acknowledged",
+                step_s=0.25,
             )
             broker.kill()
             broker.start()
