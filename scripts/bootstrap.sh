@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what homehub needs on a fresh Debian/Raspberry Pi OS machine, idempotently:
-# Debian's mosquitto (the demo's and the tests' broker) and a virtualenv in .venv
+# Debian's mosquitto (the demo's and the tests' broker), dbus and python3-dbusmock (the
+# BlueZ tests' private bus and bluetoothd stand-in) and a virtualenv in .venv
 # with homehub and its test/dev extras. Safe to run again; does nothing when done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +36,16 @@ fi
 if ! command -v systemd-analyze >/dev/null; then
     echo "bootstrap: installing systemd (the tests verify the unit with systemd-analyze)" >&2
     apt_install systemd
+fi
+
+if ! command -v dbus-daemon >/dev/null; then
+    echo "bootstrap: installing dbus (the BlueZ tests run a private bus)" >&2
+    apt_install dbus
+fi
+
+if ! /usr/bin/python3 -c 'import dbusmock, dbus, gi' 2>/dev/null; then
+    echo "bootstrap: installing python3-dbusmock (the BlueZ tests' bluetoothd stand-in)" >&2
+    apt_install python3-dbusmock
 fi
 
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then

@@ -135,6 +135,20 @@ def delivered_ids(state_dir: Path) -> set[str]:
     return {rid for rid, (_, delivered) in store_rows(state_dir).items() if delivered is not None}
 
 
+class SettledAndCaughtUp:
+    """True once two looks in a row see the same deliveries, all at the backend."""
+
+    def __init__(self, state: Path, listener: Listener) -> None:
+        self.state, self.listener = state, listener
+        self.last: set[str] | None = None
+
+    def __call__(self) -> bool:
+        delivered = delivered_ids(self.state)
+        settled = delivered == self.last
+        self.last = delivered
+        return settled and delivered <= set(self.listener.ids())
+
+
 def test_broker_killed_twice_while_readings_flow_loses_nothing(
     tmp_path: Path,
     broker_factory: Callable[..., MosquittoBroker],
@@ -169,16 +183,8 @@ def test_broker_killed_twice_while_readings_flow_loses_nothing(
             # The hub records PUBACKs in batches (ACK_BATCH_S): wait until what it
             # recorded has stopped changing (the link is frozen, no PUBACK is on
             # its way) and the backend holds all of it.
-            last: list[set[str]] = [set()]
-
-            def settled_and_caught_up() -> bool:
-                delivered = delivered_ids(state)
-                settled = delivered == last[0]
-                last[0] = delivered
-                return settled and delivered <= set(listener.ids())
-
             wait_until(
-                settled_and_caught_up,
+                SettledAndCaughtUp(state, listener),
                 20,
                 "the backend to hold every reading the hub saw acknowledged",
                 step_s=0.25,
