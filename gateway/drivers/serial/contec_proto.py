@@ -43,7 +43,7 @@ markers, never values; searching, probe-error and finger-out frames carry none.
 
 from __future__ import annotations
 
-from gateway.drivers.serial.framing import SYNC, DecoderStats, LeadSyncFramer
+from gateway.drivers.serial.framing import SYNC, DecoderStats, LeadSyncDecoder
 from gateway.drivers.serial.session import OxiSample
 
 LEGACY_FRAME = 5
@@ -100,20 +100,11 @@ def encode_legacy_frame(
     return bytes([b0, pleth & 0x7F, b2, pulse & 0x7F, spo2 & 0x7F])
 
 
-class LegacyDecoder:
+class LegacyDecoder(LeadSyncDecoder[OxiSample]):
     """Stream of legacy live frames -> samples."""
 
     def __init__(self) -> None:
-        self.stats = DecoderStats()
-        self._framer = LeadSyncFramer(LEGACY_FRAME, self.stats)
-
-    def feed(self, data: bytes) -> list[OxiSample]:
-        self.stats.bytes_in += len(data)
-        return [
-            decode_legacy_frame(frame)
-            for frame, run in self._framer.feed(data)
-            if run >= LEGACY_TRUST_RUN
-        ]
+        super().__init__(LEGACY_FRAME, decode_legacy_frame, LEGACY_TRUST_RUN)
 
 
 # -- protocol v7.0 --------------------------------------------------------------------

@@ -8,7 +8,11 @@ were chunked, so a stream decodes the same whichever way it is split.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 SYNC = 0x80
 
@@ -84,3 +88,23 @@ class LeadSyncFramer:
         self.stats.garbage_bytes += count
         self._in_sync = False
         self.run = 0
+
+
+class LeadSyncDecoder(Generic[T]):
+    """A LeadSyncFramer stream -> decoded frames, trusted only within a run.
+
+    Values count only from the `trust_run`-th frame in a row on, so random
+    bytes that happen to look like one frame never become a number.
+    """
+
+    def __init__(self, length: int, decode: Callable[[bytes], T], trust_run: int) -> None:
+        self.stats = DecoderStats()
+        self._framer = LeadSyncFramer(length, self.stats)
+        self._decode = decode
+        self._trust_run = trust_run
+
+    def feed(self, data: bytes) -> list[T]:
+        self.stats.bytes_in += len(data)
+        return [
+            self._decode(frame) for frame, run in self._framer.feed(data) if run >= self._trust_run
+        ]

@@ -29,7 +29,7 @@ and dropped, and a packet missing a frame is dropped whole.
 
 from __future__ import annotations
 
-from gateway.drivers.serial.framing import SYNC, DecoderStats, LeadSyncFramer
+from gateway.drivers.serial.framing import SYNC, DecoderStats, LeadSyncDecoder
 from gateway.drivers.serial.session import OxiSample
 
 START = 0x01
@@ -206,17 +206,8 @@ def decode_format8(frame: bytes) -> OxiSample:
     return OxiSample(_spo2(sat & 0x7F), _hr(hr), flags=frozenset(flags))
 
 
-class Format8Decoder:
+class Format8Decoder(LeadSyncDecoder[OxiSample]):
     """Stream of format #8 packets -> one sample each."""
 
     def __init__(self) -> None:
-        self.stats = DecoderStats()
-        self._framer = LeadSyncFramer(FRAME8, self.stats)
-
-    def feed(self, data: bytes) -> list[OxiSample]:
-        self.stats.bytes_in += len(data)
-        return [
-            decode_format8(frame)
-            for frame, run in self._framer.feed(data)
-            if run >= FORMAT8_TRUST_RUN
-        ]
+        super().__init__(FRAME8, decode_format8, FORMAT8_TRUST_RUN)
