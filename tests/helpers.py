@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import queue
@@ -11,13 +13,15 @@ import sys
 import threading
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gateway.config import HubConfig, validate_config
+from gateway.daemon import Hub
 from gateway.drivers.registry import DriverRegistry
+from gateway.events import Event, EventBus
 from gateway.sim.broker import MosquittoBroker
 
 
@@ -275,3 +279,25 @@ class FreezableProxy:
         self._closed.set()
         self._flowing.set()
         self._listener.close()
+
+
+@contextlib.asynccontextmanager
+async def running_hub(config_path: Path, events: EventBus) -> AsyncIterator[Hub]:
+    hub = Hub(load(config_path), DriverRegistry.from_entry_points(), events=events)
+    task = asyncio.create_task(hub.run())
+    try:
+        yield hub
+    finally:
+        hub.stop()
+        await asyncio.wait_for(task, 6)
+
+
+async def next_event(
+    queue: asyncio.Queue[Event], kind: type[Event], timeout_s: float
+) -> tuple[Event, float]:
+    """The next event of `kind`, and the monotonic time it arrived."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            event = await queue.get()
+            if isinstance(event, kind):
+                return event, time.monotonic()

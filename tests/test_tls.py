@@ -9,11 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.daemon import Hub
-from gateway.drivers.registry import DriverRegistry
 from gateway.events import EventBus, ReadingDelivered, UplinkUp
 from gateway.sim.broker import MosquittoBroker
-from tests.helpers import load, write_config
+from tests.helpers import next_event, running_hub, write_config
 
 
 def openssl(*args: str, cwd: Path) -> None:
@@ -106,18 +104,9 @@ async def test_readings_flow_over_tls_with_client_certificate(
     )
     events = EventBus()
     queue, _ = events.queue()
-    hub = Hub(load(config), DriverRegistry.from_entry_points(), events=events)
-    task = asyncio.create_task(hub.run())
-    delivered = 0
-    try:
-        async with asyncio.timeout(15):
-            while delivered < 3:
-                event = await queue.get()
-                delivered += isinstance(event, ReadingDelivered)
-    finally:
-        hub.stop()
-        await asyncio.wait_for(task, 6)
-    assert delivered == 3
+    async with running_hub(config, events):
+        for _ in range(3):
+            await next_event(queue, ReadingDelivered, 15)
 
 
 async def test_without_client_certificate_the_broker_refuses_and_nothing_is_delivered(
@@ -141,9 +130,7 @@ async def test_without_client_certificate_the_broker_refuses_and_nothing_is_deli
     )
     events = EventBus()
     queue, _ = events.queue()
-    hub = Hub(load(config), DriverRegistry.from_entry_points(), events=events)
-    task = asyncio.create_task(hub.run())
-    try:
+    async with running_hub(config, events) as hub:
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(3):
                 while True:
@@ -151,6 +138,3 @@ async def test_without_client_certificate_the_broker_refuses_and_nothing_is_deli
                     assert not isinstance(event, UplinkUp | ReadingDelivered)
         assert hub.store is not None
         assert (await hub.store.stats()).unsent == 1
-    finally:
-        hub.stop()
-        await asyncio.wait_for(task, 6)

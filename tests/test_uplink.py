@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,29 +27,7 @@ from gateway.events import (
     UplinkUp,
 )
 from gateway.sim.broker import MosquittoBroker
-from tests.helpers import load, write_config
-
-
-@contextlib.asynccontextmanager
-async def running_hub(config_path: Path, events: EventBus) -> AsyncIterator[Hub]:
-    hub = Hub(load(config_path), DriverRegistry.from_entry_points(), events=events)
-    task = asyncio.create_task(hub.run())
-    try:
-        yield hub
-    finally:
-        hub.stop()
-        await asyncio.wait_for(task, 6)
-
-
-async def next_event(
-    queue: asyncio.Queue[Event], kind: type[Event], timeout_s: float
-) -> tuple[Event, float]:
-    """The next event of `kind`, and the monotonic time it arrived."""
-    async with asyncio.timeout(timeout_s):
-        while True:
-            event = await queue.get()
-            if isinstance(event, kind):
-                return event, time.monotonic()
+from tests.helpers import load, next_event, running_hub, write_config
 
 
 class StatusWatcher:
