@@ -58,6 +58,9 @@ DRIVER_BACKOFF_MAX_S = 120.0
 # A driver that ran this long before failing was healthy: its backoff starts over.
 DRIVER_STABLE_S = 60.0
 UPLINK_GRACE_S = 2.0
+# SIGTERM to exit in under 5 s: the shutdown steps share this, the panel gets the rest.
+SHUTDOWN_BUDGET_S = 4.2
+PANEL_CLOSE_S = 0.5
 CLOCK_CHECK_S = 60.0
 
 
@@ -77,7 +80,9 @@ def describe_error(exc: BaseException) -> str:
 DRIVER_STOP_S = 1.0
 
 
-async def _cancel_bounded(tasks: list[asyncio.Task[None]], what: str) -> None:
+async def _cancel_bounded(
+    tasks: list[asyncio.Task[None]], what: str, stop_s: float | None = None
+) -> set[asyncio.Task[None]]:
     """Cancel tasks and wait for them, but never for ever.
 
     Python 3.11's asyncio.wait_for can swallow a cancellation that arrives as
@@ -88,14 +93,15 @@ async def _cancel_bounded(tasks: list[asyncio.Task[None]], what: str) -> None:
     pending = {task for task in tasks if not task.done()}
     for attempt in range(2):
         if not pending:
-            return
+            return pending
         for task in pending:
             task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=DRIVER_STOP_S)
+        _, pending = await asyncio.wait(pending, timeout=stop_s or DRIVER_STOP_S)
         if attempt == 0 and pending:
             log.warning("%s: %d task(s) ignored a cancel; cancelling again", what, len(pending))
     if pending:
         log.error("%s: %d task(s) would not stop; going on without them", what, len(pending))
+    return pending
 
 
 class Hub:
@@ -125,6 +131,8 @@ class Hub:
         self._uplink_task: asyncio.Task[None] | None = None
         self._driver_tasks: dict[str, asyncio.Task[None]] = {}
         self._reload_lock = asyncio.Lock()
+        #: driver tasks that ignored their cancellation (see _cancel_bounded)
+        self._stray: set[asyncio.Task[None]] = set()
         #: 0 after a requested stop; 1 when the hub stopped itself because a part failed.
         self.exit_code = 0
         # The panel's commands; drivers consult them through their DriverContext.
@@ -155,7 +163,8 @@ class Hub:
         finally:
             self.measure.close()
             self.pairing.close()
-            await self.panel.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.panel.close(), PANEL_CLOSE_S)
 
     async def _run(self) -> None:
         cfg = self.config
@@ -197,12 +206,18 @@ class Hub:
             await self._shutdown_locked(store, background)
 
     async def _shutdown_locked(self, store: Store, background: list[asyncio.Task[None]]) -> None:
+        # The contract is "exit within 5 s": every step gets a share of one
+        # deadline, and the store (fast, and what matters most) always closes.
+        deadline = time.monotonic() + SHUTDOWN_BUDGET_S
         log.info("stopping: drivers first, then the uplink, then the store")
-        await _cancel_bounded(list(self._driver_tasks.values()), "device drivers")
+        drivers = [*self._driver_tasks.values(), *self._stray]
+        self._stray = await _cancel_bounded(drivers, "device drivers", stop_s=0.6)
         with contextlib.suppress(Exception):
-            async with asyncio.timeout(2.0):
+            async with asyncio.timeout(max(0.1, min(1.0, deadline - time.monotonic() - 2.5))):
                 await self.ble.close()
-        await self._stop_uplink()
+        await self._stop_uplink(
+            grace_s=max(0.1, min(UPLINK_GRACE_S, deadline - time.monotonic() - 1.0))
+        )
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
@@ -233,17 +248,26 @@ class Hub:
         self.exit_code = 1
         self.stop()
 
-    async def _stop_uplink(self) -> None:
+    async def _stop_uplink(self, grace_s: float = UPLINK_GRACE_S) -> None:
         uplink, task = self.uplink, self._uplink_task
         if uplink is None or task is None:
             return
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(uplink.stop(UPLINK_GRACE_S), UPLINK_GRACE_S + 1.5)
+            # grace for PUBACKs, then ~0.5 s for "offline" and closing the socket
+            await asyncio.wait_for(uplink.stop(grace_s), grace_s + 0.8)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         self.uplink, self._uplink_task = None, None
 
     def _start_driver(self, options: DriverOptions) -> None:
+        self._stray = {task for task in self._stray if not task.done()}
+        if any(task.get_name() == f"driver-{options.id}" for task in self._stray):
+            log.error(
+                "device %s: its old driver would not stop; not starting another on the"
+                " same device (restart the service)",
+                options.id,
+            )
+            return
         self.status.devices[options.id] = DeviceStatus(driver=options.driver)
         self._driver_tasks[options.id] = asyncio.create_task(
             self._supervise(options), name=f"driver-{options.id}"
@@ -252,7 +276,9 @@ class Hub:
     async def _stop_driver(self, device_id: str) -> None:
         task = self._driver_tasks.pop(device_id, None)
         if task is not None:
-            await _cancel_bounded([task], f"device {device_id}'s driver")
+            # One that will not stop is kept track of (and cancelled again at
+            # shutdown); its device gets no second driver while it lives.
+            self._stray |= await _cancel_bounded([task], f"device {device_id}'s driver")
         self.status.devices.pop(device_id, None)
 
     # -- reload (SIGHUP) -----------------------------------------------------------
@@ -277,6 +303,10 @@ class Hub:
             if new.gateway != old.gateway or new.store != old.store:
                 log.warning("reload: [gateway] and [store] changes take effect on restart only")
                 new = new.model_copy(update={"gateway": old.gateway, "store": old.store})
+            if new.panel != old.panel:
+                # The pins and the windows belong to the running panel.
+                log.warning("reload: [panel] changes take effect on restart only")
+                new = new.model_copy(update={"panel": old.panel})
             if new.ble != old.ble:
                 # The BLE drivers share one runtime on one adapter: it changes on restart.
                 log.warning("reload: [ble] changes take effect on restart only")

@@ -53,7 +53,7 @@ async def test_serial_devices_to_the_backend(
     try:
 
         def all_open() -> bool:
-            opened = [line for line in output.all if " open (" in line]
+            opened = [line for line in output.all if " port open (" in line]
             return all(any(f"device {n}: " in line for line in opened) for n in SIMS)
 
         await asyncio.to_thread(wait_until, all_open, 15, "the hub to open every port")

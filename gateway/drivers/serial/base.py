@@ -120,7 +120,9 @@ class SerialDriver(Driver):
                 await asyncio.sleep(delay)  # the backoff itself: nothing to await instead
                 continue
             backoff.reset()
-            log.info("device %s: %s open (%s)", options.id, options.port, self.protocol_name)
+            # The port path (by-id paths hold the adapter's serial number) at DEBUG only.
+            log.info("device %s: port open (%s)", options.id, self.protocol_name)
+            log.debug("device %s: port %s", options.id, options.port)
             self.set_problem(None)
             try:
                 async with port:

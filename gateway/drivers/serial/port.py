@@ -76,7 +76,8 @@ class SerialPort:
             handle = await asyncio.get_running_loop().run_in_executor(executor, do_open)
         except (serial.SerialException, OSError, ValueError) as exc:
             executor.shutdown(wait=False)
-            raise PortLost(f"cannot open {path}: {_reason(exc)}") from None
+            # No path in the message: it reaches the logs and the backend's status.
+            raise PortLost(f"cannot open the port: {_reason(exc, path)}") from None
         except BaseException:
             executor.shutdown(wait=False)
             raise
@@ -86,7 +87,7 @@ class SerialPort:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
         except (serial.SerialException, OSError) as exc:
-            raise PortLost(f"{self.path}: {what} failed: {_reason(exc)}") from None
+            raise PortLost(f"port {what} failed: {_reason(exc, self.path)}") from None
 
     async def read(self) -> bytes:
         """What arrived, waiting at most READ_TIMEOUT_S for the first byte; b"" if nothing."""
@@ -143,7 +144,10 @@ class SerialPort:
         await self.close()
 
 
-def _reason(exc: BaseException) -> str:
+def _reason(exc: BaseException, path: object) -> str:
     if isinstance(exc, OSError) and exc.strerror:
-        return f"{exc.strerror} (errno {exc.errno})"
-    return str(exc) or type(exc).__name__
+        text = f"{exc.strerror} (errno {exc.errno})"
+    else:
+        text = str(exc) or type(exc).__name__
+    # pyserial names the port in its messages; the path stays out of logs and status.
+    return text.replace(str(path), "the port")
