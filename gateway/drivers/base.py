@@ -76,8 +76,8 @@ class DriverContext:
     emit: Callable[[Reading], Awaitable[StoredReading]]
     # The rest by keyword only: a positional mix-up would pass silently.
     _: KW_ONLY
-    #: "measure now" (the patient's short press): while open, BLE drivers scan at
-    #: full duty and serial drivers poll; see gateway/windows.py.
+    #: "measure now" (the patient's short press): a driver may act on it, e.g. scan
+    #: at full duty while it is open; see gateway/windows.py.
     measure: CommandWindow = field(default_factory=lambda: CommandWindow("measure", 120.0))
     #: installer's pairing window (long press): bonding BLE devices may pair.
     pairing: CommandWindow = field(default_factory=lambda: CommandWindow("pairing", 300.0))
