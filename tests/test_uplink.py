@@ -353,6 +353,12 @@ async def test_reload_with_the_same_config_restarts_no_driver(
         before = hub._driver_tasks["w-1"]
         await hub.reload(load(path))
         assert hub._driver_tasks["w-1"] is before and not before.done()
+        # [panel] belongs to the running panel: a reload keeps it (until a restart).
+        path.write_text(path.read_text() + "\n[panel]\nmeasure_window_s = 10.0\n")
+        await hub.reload(load(path))
+        assert hub.config.panel.measure_window_s == 120.0
+        assert hub.measure.default_s == 120.0
+        assert hub._driver_tasks["w-1"] is before
     finally:
         hub.stop()
         await asyncio.wait_for(task, 6)
