@@ -19,11 +19,8 @@ import abc
 import asyncio
 import contextlib
 from datetime import datetime, timedelta
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-from bleak import BleakClient
-from bleak.backends.device import BLEDevice
-from bleak.exc import BleakError
 from pydantic import Field, field_validator
 from tenacity import (
     AsyncRetrying,
@@ -31,6 +28,10 @@ from tenacity import (
     stop_after_attempt,
     wait_exponential_jitter,
 )
+
+if TYPE_CHECKING:
+    from bleak import BleakClient
+    from bleak.backends.device import BLEDevice
 
 from gateway.backoff import Backoff
 from gateway.drivers.base import Driver, DriverContext, DriverOptions
@@ -40,7 +41,7 @@ from gateway.drivers.ble.profiles.date_time import (
     encode_current_time,
     encode_date_time,
 )
-from gateway.drivers.ble.runtime import BleRuntime
+from gateway.drivers.ble.runtime import BleRuntime, bleak_error
 from gateway.errors import DecodeError, DriverError
 
 MAC_PATTERN = r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$"
@@ -91,13 +92,14 @@ class BleDriver(Driver):
         runtime = self.context.service(BleRuntime)
         backoff = Backoff(0.5, 30.0)
         log = self.context.logger
+        ble_error = bleak_error()
         while True:
             _honour_cancellation()
             device = await runtime.wait_for_advertisement(self.ble_options.address)
             log.debug("advertisement seen")
             try:
                 complete = await self._visit(runtime, device)
-            except (BleakError, TimeoutError, EOFError, ConnectionError) as exc:
+            except (ble_error, TimeoutError, EOFError, ConnectionError) as exc:
                 delay = backoff.next_delay()
                 # The type only: stack messages may name the device's address.
                 log.warning(
@@ -133,7 +135,7 @@ class BleDriver(Driver):
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(CONNECT_ATTEMPTS),
                 wait=wait_exponential_jitter(multiplier=0.1, max=1.0, jitter=0.1),
-                retry=retry_if_exception_type((BleakError, TimeoutError)),
+                retry=retry_if_exception_type((bleak_error(), TimeoutError)),
                 reraise=True,
             ):
                 with attempt:
@@ -167,7 +169,7 @@ class BleDriver(Driver):
                 try:
                     await client.write_gatt_char(char, payload, response=True)
                     self.context.logger.debug("device time set")
-                except BleakError as exc:
+                except bleak_error() as exc:
                     self.context.logger.warning(
                         "could not set the device's time (%s)", type(exc).__name__
                     )

@@ -11,9 +11,12 @@ read twice has the same source_key, so the store keeps it once).
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
-from bleak import BleakClient
 from pydantic import Field
+
+if TYPE_CHECKING:
+    from bleak import BleakClient
 
 from gateway import mdc
 from gateway.drivers.ble.base import BleDriver, BleOptions, next_item

@@ -19,11 +19,12 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bleak import BleakClient, BleakScanner
-from bleak.backends.device import BLEDevice
-from bleak.backends.scanner import AdvertisementData
+if TYPE_CHECKING:
+    from bleak import BleakClient, BleakScanner
+    from bleak.backends.device import BLEDevice
+    from bleak.backends.scanner import AdvertisementData
 
 from gateway.config import BleSection
 from gateway.errors import DriverError
@@ -66,9 +67,13 @@ class BleRuntime:
         return {"backend": backend, "bumble": self._adapter}
 
     def scanner(self, callback: Any, service_uuids: list[str] | None = None) -> BleakScanner:
+        from bleak import BleakScanner  # bleak only where BLE is used (~2 MiB)
+
         return BleakScanner(callback, service_uuids, **self._backend_kwargs(scanner=True))
 
     def client(self, device: BLEDevice, *, pair: bool = False, **kwargs: Any) -> BleakClient:
+        from bleak import BleakClient
+
         return BleakClient(
             device,
             pair=pair,
@@ -197,3 +202,11 @@ class BleRuntime:
         await self._stop_scanning_if_idle()
         if self._adapter is not None:
             await self._adapter.close()
+
+
+def bleak_error() -> type[Exception]:
+    """bleak's error class, imported on first use: a hub without BLE devices never
+    imports bleak at all (about 2 MiB of its memory)."""
+    from bleak.exc import BleakError
+
+    return BleakError

@@ -8,10 +8,12 @@ when they have sent everything) or stays silent for `idle_s`.
 from __future__ import annotations
 
 import asyncio
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from bleak import BleakClient
 from pydantic import Field
+
+if TYPE_CHECKING:
+    from bleak import BleakClient
 
 from gateway import mdc
 from gateway.drivers.ble.base import BleDriver, BleOptions, next_item
