@@ -13,7 +13,14 @@ import logging
 from collections.abc import Callable
 
 from gateway.config import PanelSection
-from gateway.events import ButtonReleased, ButtonStuck, Event, EventBus, PanelShows
+from gateway.events import (
+    ButtonReleased,
+    ButtonStuck,
+    Event,
+    EventBus,
+    PanelShows,
+    ReadingDelivered,
+)
 from gateway.panel.backends import PanelBackend
 from gateway.panel.button import ButtonLogic
 from gateway.panel.patterns import Pattern, patterns
@@ -80,6 +87,10 @@ class Panel:
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, PanelShows) or self.machine is None or self._loop is None:
+            return
+        if isinstance(event, ReadingDelivered) and not self.machine.changed_by_delivery(
+            event.reading_id
+        ):
             return
         self.machine.handle(event, self._loop.time())
         self._refresh()

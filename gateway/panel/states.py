@@ -166,6 +166,18 @@ class PanelStateMachine:
 
     # -- output ------------------------------------------------------------------------
 
+    def changed_by_delivery(self, reading_id: str) -> bool:
+        """Whether a ReadingDelivered for `reading_id` would change anything.
+
+        A hub draining a backlog delivers thousands of readings a second; all but
+        the one the light is about (and the first after trouble) change nothing.
+        """
+        return (
+            self.dropping
+            or self.refused
+            or (self.latest is not None and self.latest.reading_id == reading_id)
+        )
+
     def help_reasons(self, now: float) -> list[str]:
         t = self.timings
         reasons = [
