@@ -35,10 +35,6 @@ class SystemdNotifier:
         self._socket: socket.socket | None = None
 
     @property
-    def enabled(self) -> bool:
-        return self._address is not None
-
-    @property
     def watchdog_interval_s(self) -> float | None:
         """How often systemd wants WATCHDOG=1 at the latest, or None."""
         return self._watchdog_s
@@ -68,11 +64,3 @@ class SystemdNotifier:
 
     def reloading(self) -> bool:
         return self.notify("RELOADING=1")
-
-    def status(self, text: str) -> bool:
-        return self.notify(f"STATUS={text}")
-
-    def close(self) -> None:
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from gateway import __version__
+from gateway.reading import utc_iso_ms
 from gateway.store import StoreStats
 from gateway.uplink.payload import STATUS_SCHEMA
 
@@ -15,9 +16,8 @@ DeviceState = Literal["starting", "ok", "failing", "stopped"]
 
 
 def iso_utc(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """A Unix time as `received_at` is written (UTC, milliseconds, Z), or None."""
+    return None if ts is None else utc_iso_ms(datetime.fromtimestamp(ts, UTC))
 
 
 @dataclass(slots=True)

@@ -301,3 +301,8 @@ async def next_event(
             event = await queue.get()
             if isinstance(event, kind):
                 return event, time.monotonic()
+
+
+def sim_device(device_id: str, kind: str, **options: Any) -> dict[str, Any]:
+    """A `[[devices]]` table for the simulated driver."""
+    return {"id": device_id, "driver": "simulated", "kind": kind, **options}

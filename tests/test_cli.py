@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway.sim.broker import MosquittoBroker
-from tests.helpers import LineReader, Listener, hub_process, write_config
+from tests.helpers import LineReader, Listener, hub_process, sim_device, write_config
 
 
 def homehub(*args: str, timeout_s: float = 30) -> subprocess.CompletedProcess[str]:
@@ -31,20 +31,8 @@ def test_status_reads_the_store_while_the_hub_runs(
         broker=broker,
         state_dir=state,
         devices=[
-            {
-                "id": "bp-1",
-                "driver": "simulated",
-                "kind": "blood_pressure",
-                "interval_s": 0.0,
-                "count": 20,
-            },
-            {
-                "id": "idle-1",
-                "driver": "simulated",
-                "kind": "weight",
-                "interval_s": 3600.0,
-                "count": 0,
-            },
+            sim_device("bp-1", "blood_pressure", interval_s=0.0, count=20),
+            sim_device("idle-1", "weight", interval_s=3600.0, count=0),
         ],
     )
     listener = listener_factory(broker.port)
@@ -84,15 +72,7 @@ def test_listen_count_exits_after_n_unique_readings(
         tmp_path / "hub.toml",
         broker=broker,
         state_dir=tmp_path / "state",
-        devices=[
-            {
-                "id": "t-1",
-                "driver": "simulated",
-                "kind": "temperature",
-                "interval_s": 0.05,
-                "count": 0,
-            }
-        ],
+        devices=[sim_device("t-1", "temperature", interval_s=0.05, count=0)],
     )
     listen = subprocess.Popen(
         [

@@ -27,7 +27,7 @@ from gateway.events import (
 )
 from gateway.reading import Kind, Reading, Value
 from gateway.sim.broker import MosquittoBroker, free_port
-from tests.helpers import LineReader, hub_process, write_config
+from tests.helpers import LineReader, hub_process, sim_device, write_config
 
 
 class FlakyOptions(DriverOptions):
@@ -88,7 +88,7 @@ async def test_failing_driver_is_restarted_with_backoff_and_reported(
         state_dir=tmp_path / "state",
         devices=[
             {"id": "flaky-1", "driver": "flaky", "failures": 2},
-            {"id": "ok-1", "driver": "simulated", "kind": "weight", "interval_s": 0.05},
+            sim_device("ok-1", "weight", interval_s=0.05),
         ],
     )
     events = EventBus()
@@ -123,9 +123,7 @@ async def test_full_disk_keeps_the_daemon_alive_and_the_file_sound(
         tmp_path / "hub.toml",
         broker=broker,
         state_dir=tmp_path / "state",
-        devices=[
-            {"id": "bp-1", "driver": "simulated", "kind": "blood_pressure", "interval_s": 0.0}
-        ],
+        devices=[sim_device("bp-1", "blood_pressure", interval_s=0.0)],
         store={"retention_hours": 24.0},
     )
     events = EventBus()
@@ -160,15 +158,7 @@ async def test_store_bound_drops_oldest_loudly(
         tmp_path / "hub.toml",
         broker=None,
         state_dir=tmp_path / "state",
-        devices=[
-            {
-                "id": "oxi-1",
-                "driver": "simulated",
-                "kind": "pulse_oximeter",
-                "interval_s": 0.0,
-                "count": 150,
-            }
-        ],
+        devices=[sim_device("oxi-1", "pulse_oximeter", interval_s=0.0, count=150)],
         mqtt={"port": free_port(), "reconnect_min_s": 0.5},
         store={"max_readings": 100},
     )
@@ -204,7 +194,7 @@ def test_sigterm_while_broker_unreachable_exits_zero_within_5s(tmp_path: Path) -
         tmp_path / "hub.toml",
         broker=None,
         state_dir=tmp_path / "state",
-        devices=[{"id": "g-1", "driver": "simulated", "kind": "glucose", "interval_s": 0.1}],
+        devices=[sim_device("g-1", "glucose", interval_s=0.1)],
         mqtt={"port": free_port()},
     )
     hub = hub_process(path)
@@ -256,7 +246,7 @@ def test_sigterm_while_connecting_into_a_black_hole_exits_within_5s(tmp_path: Pa
         tmp_path / "hub.toml",
         broker=None,
         state_dir=tmp_path / "state",
-        devices=[{"id": "w-1", "driver": "simulated", "kind": "weight", "interval_s": 1.0}],
+        devices=[sim_device("w-1", "weight", interval_s=1.0)],
         mqtt={"port": port, "connect_timeout_s": 30.0},
     )
     hub = hub_process(path, log_level="DEBUG")

@@ -23,6 +23,7 @@ from tests.helpers import (
     LineReader,
     Listener,
     hub_process,
+    sim_device,
     wait_until,
     write_config,
 )
@@ -62,14 +63,7 @@ def unsent_count(state_dir: Path) -> int:
 def sim_devices(count: int, interval_s: float, n: int = 2) -> list[dict[str, object]]:
     kinds = ["blood_pressure", "pulse_oximeter", "weight", "glucose", "temperature"]
     return [
-        {
-            "id": f"dev-{i}",
-            "driver": "simulated",
-            "kind": kinds[i % len(kinds)],
-            "interval_s": interval_s,
-            "count": count,
-            "seed": i,
-        }
+        sim_device(f"dev-{i}", kinds[i % len(kinds)], interval_s=interval_s, count=count, seed=i)
         for i in range(n)
     ]
 

@@ -28,7 +28,7 @@ from gateway.events import (
     WindowOpened,
 )
 from gateway.sim.broker import MosquittoBroker
-from tests.helpers import load, write_config
+from tests.helpers import load, sim_device, write_config
 from tests.panel_helpers import BUTTON_PIN, RGB_PINS
 
 
@@ -75,15 +75,7 @@ async def hub_with_panel(
         tmp_path / "hub.toml",
         broker=broker,
         state_dir=tmp_path / "state",
-        devices=[
-            {
-                "id": "bp-1",
-                "driver": "simulated",
-                "kind": "blood_pressure",
-                "trigger": "measure",
-                "interval_s": 0.3,
-            }
-        ],
+        devices=[sim_device("bp-1", "blood_pressure", trigger="measure", interval_s=0.3)],
         mqtt={"reconnect_min_s": 0.1, "reconnect_max_s": 0.5},
     )
     text = config.read_text() + '\n[panel]\nbackend = "gpio"\nsent_s = 1.0\nstored_later_s = 1.0\n'

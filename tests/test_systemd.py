@@ -20,7 +20,7 @@ from gateway.daemon import Hub
 from gateway.drivers.registry import DriverRegistry
 from gateway.sdnotify import SystemdNotifier
 from gateway.sim.broker import MosquittoBroker
-from tests.helpers import LineReader, Listener, load, write_config
+from tests.helpers import LineReader, Listener, load, sim_device, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -148,20 +148,8 @@ def test_sighup_adds_a_device_without_losing_a_reading_and_ignores_a_bad_config(
 ) -> None:
     state = tmp_path / "state"
     config = tmp_path / "hub.toml"
-    device_a = {
-        "id": "a-1",
-        "driver": "simulated",
-        "kind": "weight",
-        "interval_s": 0.01,
-        "count": 300,
-    }
-    device_b = {
-        "id": "b-1",
-        "driver": "simulated",
-        "kind": "temperature",
-        "interval_s": 0.01,
-        "count": 20,
-    }
+    device_a = sim_device("a-1", "weight", interval_s=0.01, count=300)
+    device_b = sim_device("b-1", "temperature", interval_s=0.01, count=20)
     write_config(config, broker=broker, state_dir=state, devices=[device_a])
     listener = listener_factory(broker.port)
     hub = run_hub(config, {})

@@ -11,7 +11,7 @@ import pytest
 
 from gateway.events import EventBus, ReadingDelivered, UplinkUp
 from gateway.sim.broker import MosquittoBroker
-from tests.helpers import next_event, running_hub, write_config
+from tests.helpers import next_event, running_hub, sim_device, write_config
 
 
 def openssl(*args: str, cwd: Path) -> None:
@@ -87,15 +87,7 @@ async def test_readings_flow_over_tls_with_client_certificate(
         tmp_path / "hub.toml",
         broker=broker,
         state_dir=tmp_path / "state",
-        devices=[
-            {
-                "id": "bp-1",
-                "driver": "simulated",
-                "kind": "blood_pressure",
-                "interval_s": 0.0,
-                "count": 3,
-            }
-        ],
+        devices=[sim_device("bp-1", "blood_pressure", interval_s=0.0, count=3)],
         mqtt={
             "ca_file": pki["ca.crt"],
             "cert_file": pki["client.crt"],
@@ -117,15 +109,7 @@ async def test_without_client_certificate_the_broker_refuses_and_nothing_is_deli
         tmp_path / "hub.toml",
         broker=broker,
         state_dir=tmp_path / "state",
-        devices=[
-            {
-                "id": "bp-1",
-                "driver": "simulated",
-                "kind": "blood_pressure",
-                "interval_s": 0.0,
-                "count": 1,
-            }
-        ],
+        devices=[sim_device("bp-1", "blood_pressure", interval_s=0.0, count=1)],
         mqtt={"ca_file": pki["ca.crt"], "reconnect_min_s": 0.2, "reconnect_max_s": 0.5},
     )
     events = EventBus()

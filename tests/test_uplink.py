@@ -27,7 +27,7 @@ from gateway.events import (
     UplinkUp,
 )
 from gateway.sim.broker import MosquittoBroker
-from tests.helpers import load, next_event, running_hub, write_config
+from tests.helpers import load, next_event, running_hub, sim_device, write_config
 
 
 class StatusWatcher:
@@ -76,15 +76,7 @@ async def test_refused_publish_stays_unsent_and_backs_off(
         tmp_path / "hub.toml",
         broker=broker,
         state_dir=tmp_path / "state",
-        devices=[
-            {
-                "id": "bp-1",
-                "driver": "simulated",
-                "kind": "blood_pressure",
-                "interval_s": 0.0,
-                "count": 5,
-            }
-        ],
+        devices=[sim_device("bp-1", "blood_pressure", interval_s=0.0, count=5)],
         mqtt={"status_interval_s": 1.0, "reconnect_min_s": 0.1},
     )
     events = EventBus()
@@ -175,15 +167,7 @@ async def test_silent_link_noticed_within_two_keepalives_and_recovers(
         tmp_path / "hub.toml",
         broker=None,
         state_dir=tmp_path / "state",
-        devices=[
-            {
-                "id": "oxi-1",
-                "driver": "simulated",
-                "kind": "pulse_oximeter",
-                "interval_s": 0.5,
-                "count": 0,
-            }
-        ],
+        devices=[sim_device("oxi-1", "pulse_oximeter", interval_s=0.5, count=0)],
         mqtt={
             "port": proxy.port,
             "keepalive_s": keepalive,
@@ -218,9 +202,7 @@ async def test_inflight_window_is_never_exceeded(tmp_path: Path, broker: Mosquit
         tmp_path / "hub.toml",
         broker=broker,
         state_dir=tmp_path / "state",
-        devices=[
-            {"id": "w-1", "driver": "simulated", "kind": "weight", "interval_s": 0.0, "count": 300}
-        ],
+        devices=[sim_device("w-1", "weight", interval_s=0.0, count=300)],
         mqtt={"max_inflight": window},
     )
     events = EventBus()
@@ -342,7 +324,7 @@ async def test_reload_with_the_same_config_restarts_no_driver(
         tmp_path / "hub.toml",
         broker=broker,
         state_dir=tmp_path / "state",
-        devices=[{"id": "w-1", "driver": "simulated", "kind": "weight", "interval_s": 3600.0}],
+        devices=[sim_device("w-1", "weight", interval_s=3600.0)],
     )
     hub = Hub(load(path), DriverRegistry.from_entry_points(), events=EventBus())
     task = asyncio.create_task(hub.run())
@@ -375,7 +357,7 @@ async def test_an_internal_error_in_the_uplink_costs_a_reconnect_not_the_uplink(
         tmp_path / "hub.toml",
         broker=broker,
         state_dir=tmp_path / "state",
-        devices=[{"id": "t-1", "driver": "simulated", "kind": "temperature", "interval_s": 0.05}],
+        devices=[sim_device("t-1", "temperature", interval_s=0.05)],
         mqtt={"reconnect_min_s": 0.05, "reconnect_max_s": 0.2},
     )
     real_fetch = Store.fetch_unsent

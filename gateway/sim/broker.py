@@ -141,10 +141,6 @@ class MosquittoBroker:
                 self.process.kill()
                 self.process.wait(timeout=5)
 
-    def restart(self) -> None:
-        self.kill()
-        self.start()
-
     def __enter__(self) -> MosquittoBroker:
         self.start()
         return self
