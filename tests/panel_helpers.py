@@ -31,7 +31,6 @@ class MockPanel:
     measure_presses: int = 0
     pairing_presses: int = 0
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
-    _queue: asyncio.Queue[Event] | None = None
 
     def pin(self, number: int) -> Any:
         return self.factory.pin(number)

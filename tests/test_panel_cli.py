@@ -41,7 +41,10 @@ async def _panel_test_passes() -> None:
     out = io.StringIO()
     installer = asyncio.create_task(_installer_presses(factory, out))
     status = await panel_test(config, backend, out)
-    await installer
+    # Bounded (in virtual time, so free): a panel_test that returned early must
+    # fail here, not leave the presses waiting for a prompt for ever.
+    async with asyncio.timeout(60):
+        await installer
     backend.close()
     text = out.getvalue()
     assert status == 0, text

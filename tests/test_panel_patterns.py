@@ -194,6 +194,7 @@ async def _beeps() -> None:
         mp.publish(UplinkUp(), ReadingStored("bp-1", "r1", duplicate=False))
         mp.publish(ReadingDelivered("bp-1", "r1"))
         await mp.wait_shown("sent")
+        await mp.wait_shown("needs help", 15)
         assert changes(buzzer) == []
 
 

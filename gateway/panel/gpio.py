@@ -21,7 +21,6 @@ class GpioBackend(PanelBackend):
     name = "gpio"
 
     def __init__(self, config: PanelSection, pin_factory: Any) -> None:
-        self._config = config
         self._devices: list[Any] = []
         self._handler: EdgeHandler | None = None
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -136,8 +136,9 @@ class ContecV7Sim(DeviceSim):
         return self._decoder.commands
 
     def on_input(self, data: bytes) -> None:
+        seen = len(self._decoder.commands)
         self._decoder.feed(data)
-        for command in self._decoder.commands[-8:]:
+        for command in self._decoder.commands[seen:]:
             if command == contec_proto.CMD_START_REALTIME:
                 self._streaming = True
             elif command == contec_proto.CMD_STOP_REALTIME:
@@ -225,8 +226,6 @@ class RunningSim:
     sim: DeviceSim
     link: PtyLink
     scenario: Scenario
-    samples: int = 0
-    _index: int = field(default=0)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -241,7 +240,6 @@ class RunningSim:
                 if sample is None:
                     return
                 self.link.write(self.sim.bytes_for(sample))
-                self.samples += 1
                 tick += 1
                 # A device sends on its own clock: the schedule is the event here.
                 await asyncio.sleep(max(0.0, start + tick * period - loop.time()))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from typing import Protocol
 
 from gateway.backoff import Backoff
 from gateway.drivers.base import Driver
@@ -27,10 +26,6 @@ GARBAGE_MIN_BYTES = 64
 GARBAGE_RATIO = 0.5
 #: Bad windows in a row that are reported.
 BAD_WINDOWS = 2
-
-
-class Decoder(Protocol):
-    stats: DecoderStats
 
 
 class GarbageMonitor:

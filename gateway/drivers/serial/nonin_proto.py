@@ -117,7 +117,6 @@ class Format2Decoder:
 
     def __init__(self) -> None:
         self.stats = DecoderStats()
-        self.incomplete_packets = 0
         self._buf = bytearray()
         self._packet: list[bytes] | None = None
         self._in_sync = False
@@ -162,9 +161,7 @@ class Format2Decoder:
             self._packet = None
 
     def _drop_packet(self) -> None:
-        if self._packet is not None:
-            self.incomplete_packets += 1
-            self._packet = None
+        self._packet = None
 
 
 # -- format #8 --------------------------------------------------------------------------
