@@ -15,6 +15,7 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from bench.common import percentile, private_broker
 from gateway.config import validate_config
 from gateway.daemon import Hub
 from gateway.drivers.registry import DriverRegistry
@@ -42,14 +43,12 @@ class TimedCuff(BloodPressureMonitor):
         await super().on_subscribed(connection, characteristic)
 
 
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
-
 async def run(workdir: Path) -> dict[str, float]:
-    broker = MosquittoBroker(workdir / "broker")
-    broker.start()
+    with private_broker(workdir) as broker:
+        return await _run(workdir, broker)
+
+
+async def _run(workdir: Path, broker: MosquittoBroker) -> dict[str, float]:
     air = VirtualAir()
     port = tcp_port(await air.expose("tcp-server:127.0.0.1:0"))
     cuff = TimedCuff(air, "C0:BE:AC:00:00:01", "BP-bench")
@@ -84,8 +83,6 @@ async def run(workdir: Path) -> dict[str, float]:
     totals, connects, discovers = [], [], []
     try:
         for i in range(RUNS):
-            if cuff.connection is not None:
-                await asyncio.wait_for(cuff.disconnected.wait(), 10)
             started = time.perf_counter()
             # Each measurement its own device timestamp: the cuff's record identity.
             when = datetime.now().replace(microsecond=0) - timedelta(minutes=RUNS - i)
@@ -100,7 +97,6 @@ async def run(workdir: Path) -> dict[str, float]:
         await asyncio.wait_for(task, 10)
         await cuff.close()
         await air.close()
-        broker.stop()
     p50, p99 = percentile(totals, 50), percentile(totals, 99)
     connect_share = statistics.median(connects) / statistics.median(totals)
     discover_share = statistics.median(discovers) / statistics.median(totals)

@@ -71,6 +71,9 @@ async def test_scanner_service_filter(air: Air, adapter: BumbleAdapter) -> None:
     bp = BloodPressureMonitor(air.air, BP_ADDRESS, "BP-sim")
     await bp.start()
     await bp.measure(encode.blood_pressure(120, 80, 93))
+    # It advertises, and a scan for its own service finds it ...
+    await find(adapter, BP_ADDRESS, blood_pressure.SERVICE_UUID)
+    # ... but not a scan for another service.
     with pytest.raises(TimeoutError):
         await find(adapter, BP_ADDRESS, glucose.SERVICE_UUID, timeout_s=0.5)
 

@@ -81,7 +81,6 @@ class BleDriver(Driver):
     def __init__(self, options: DriverOptions, context: DriverContext) -> None:
         super().__init__(options, context)
         self.decode_errors = 0
-        self._disconnected = asyncio.Event()
 
     @property
     def ble_options(self) -> BleOptions:
@@ -128,9 +127,11 @@ class BleDriver(Driver):
         """Whether run() should return after a successful visit (finite tests)."""
         return False
 
-    async def _connect(self, runtime: BleRuntime, device: BLEDevice) -> BleakClient:
+    async def _connect(
+        self, runtime: BleRuntime, device: BLEDevice
+    ) -> tuple[BleakClient, asyncio.Event]:
+        """A connected client, and the event its disconnection sets."""
         disconnected = asyncio.Event()
-        self._disconnected = disconnected
         async with runtime.connect_lock:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(CONNECT_ATTEMPTS),
@@ -145,14 +146,14 @@ class BleDriver(Driver):
                         disconnected_callback=lambda _c: disconnected.set(),
                     )
                     await client.connect()
-        return client
+        return client, disconnected
 
     async def _visit(self, runtime: BleRuntime, device: BLEDevice) -> bool:
-        client = await self._connect(runtime, device)
+        client, disconnected = await self._connect(runtime, device)
         try:
             if self.ble_options.set_time:
                 await self._set_time(client)
-            return await self.session(client, self._disconnected)
+            return await self.session(client, disconnected)
         finally:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(DISCONNECT_S):

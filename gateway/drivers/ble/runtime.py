@@ -45,7 +45,6 @@ class BleRuntime:
         self._waiters: dict[str, list[asyncio.Future[BLEDevice]]] = {}
         self._scanner: BleakScanner | None = None
         self._scan_lock = asyncio.Lock()
-        self.advertisements_seen = 0
         self._last_advertisement = 0.0
         self._watchdog: asyncio.Task[None] | None = None
         #: recovery stages taken since the last advertisement (0: healthy)
@@ -105,7 +104,6 @@ class BleRuntime:
                         await asyncio.shield(self._stop_scanning_if_idle())
 
     def _on_advertisement(self, device: BLEDevice, _adv: AdvertisementData) -> None:
-        self.advertisements_seen += 1
         self._last_advertisement = asyncio.get_running_loop().time()
         if self.stall_stage:
             log.warning("ble: advertisements arrive again")

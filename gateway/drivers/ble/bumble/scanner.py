@@ -38,8 +38,8 @@ def advertisement_data(advertisement: Advertisement) -> AdvertisementData:
     for kind in _UUID_LISTS:
         for group in data.get_all(kind):
             for item in group if isinstance(group, list) else ():
-                if isinstance(item, UUID) and bleak_uuid(item) not in uuids:
-                    uuids.append(bleak_uuid(item))
+                if isinstance(item, UUID) and (text := bleak_uuid(item)) not in uuids:
+                    uuids.append(text)
     service_data: dict[str, bytes] = {}
     for kind in _SERVICE_DATA:
         for entry in data.get_all(kind):
