@@ -92,4 +92,11 @@ def decode_intermediate_cuff_pressure(data: bytes | bytearray) -> CuffPressure:
     flags = reader.u8()
     current = reader.sfloat()
     reader.take(4)  # diastolic and MAP sub-fields: unused (GSS), still required
+    # The flagged fields are unused too, but a frame that announces one and lacks
+    # it is broken (issue 12): read past each so truncation is noticed.
+    if flags & FLAG_TIMESTAMP:
+        reader.date_time()
+    for flag, size in ((FLAG_PULSE_RATE, 2), (FLAG_USER_ID, 1), (FLAG_STATUS, 2)):
+        if flags & flag:
+            reader.take(size)
     return CuffPressure(unit="kPa" if flags & FLAG_KPA else "mmHg", current=to_float(current))

@@ -40,6 +40,9 @@ def decode_measurement(data: bytes | bytearray) -> HeartRateMeasurement:
     energy = reader.u16() if flags & FLAG_ENERGY else None
     rr: list[float] = []
     if flags & FLAG_RR:
+        # GSS: the flag announces one or more RR-Intervals; none at all is a broken frame.
+        if reader.remaining == 0:
+            raise reader.fail("RR-interval flag set but no RR-interval sent")
         if reader.remaining % 2:
             raise reader.fail("RR-interval field has an odd length")
         while reader.remaining:
