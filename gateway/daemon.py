@@ -368,6 +368,11 @@ class Hub:
         def report(problem: str | None) -> None:
             self._report(options.id, problem)
 
+        def count(name: str) -> None:
+            counts = self.status.devices[options.id].counts
+            counts[name] = counts.get(name, 0) + 1
+            self._status_changed()
+
         return DriverContext(
             device_id=options.id,
             clock=self.clock,
@@ -376,6 +381,7 @@ class Hub:
             measure=self.measure,
             pairing=self.pairing,
             report=report,
+            count=count,
             cursors=self.store,
             services={BleRuntime: self.ble},
         )

@@ -26,6 +26,8 @@ class DeviceStatus:
     state: DeviceState = "starting"
     restarts: int = 0
     last_error: str | None = None
+    #: events the driver counted (DriverContext.count), e.g. skipped_other_user
+    counts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -72,6 +74,7 @@ class StatusTracker:
                     "last_reading_at": iso_utc(stats.devices.get(device_id)),
                     "restarts": device.restarts,
                     "last_error": device.last_error,
+                    "counts": dict(sorted(device.counts.items())),
                 }
                 for device_id, device in sorted(self.devices.items())
             },

@@ -66,6 +66,10 @@ def _ignore_report(problem: str | None) -> None:
     """Default `report`: nobody listens (a driver used outside the hub, in tests)."""
 
 
+def _ignore_count(name: str) -> None:
+    """Default `count`: nobody listens."""
+
+
 @dataclass(slots=True)
 class DriverContext:
     """Everything a driver may use from the hub; passed in, never global."""
@@ -86,6 +90,9 @@ class DriverContext:
     #: the device "failing" with this text. None: the problem is over. The text is
     #: sent to the backend: never put patient values in it.
     report: Callable[[str | None], None] = _ignore_report
+    #: Count an event the status shows per device (e.g. "skipped_other_user": a
+    #: shared cuff's record of someone else); never a patient value in the name.
+    count: Callable[[str], None] = _ignore_count
     #: the store's per-device cursors (e.g. a glucose meter's last stored sequence)
     cursors: Cursors | None = None
     #: shared hub resources by type (e.g. the BLE runtime all BLE drivers share)

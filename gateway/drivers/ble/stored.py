@@ -29,6 +29,16 @@ class StoredOptions(BleOptions):
     )
 
 
+class SharedDeviceOptions(StoredOptions):
+    user_id: int | None = Field(
+        default=None,
+        ge=0,
+        le=254,
+        description="Shared cuff or scale: keep only this user's records (the User ID the "
+        "device sends, GSS 0x2A35/0x2A9D); others' are counted and skipped. Not set: all.",
+    )
+
+
 class StoredRecordsDriver(BleDriver):
     Options = StoredOptions
     measurement_uuid: ClassVar[str]
@@ -46,11 +56,28 @@ class StoredRecordsDriver(BleDriver):
             except DecodeError as exc:
                 self.decode_failed(exc)
                 continue
-            await self.context.emit(reading)
+            if reading is not None:
+                await self.context.emit(reading)
         return True
 
-    def reading(self, data: bytes) -> Reading:
+    def reading(self, data: bytes) -> Reading | None:
+        """The record as a Reading; None: not this patient's (a shared device)."""
         raise NotImplementedError
+
+    def for_this_patient(self, user_id: int | None) -> bool:
+        """Whether a record with this User ID (None: absent or "unknown user") is kept.
+
+        With `user_id` set, a record of another user, or of an unknown one (it could
+        be either person), is never published as this patient's: it is counted in
+        the status and skipped. Nothing about it is logged above DEBUG.
+        """
+        wanted = getattr(self.options, "user_id", None)
+        if wanted is None or user_id == wanted:
+            return True
+        what = "skipped_unknown_user" if user_id is None else "skipped_other_user"
+        self.context.count(what)
+        self.context.logger.debug("record of user %s skipped (user_id = %d)", user_id, wanted)
+        return False
 
     def source_key(self, *parts: object) -> str:
         return "/".join([self.ble_options.address, *(str(p) for p in parts)])
@@ -59,10 +86,13 @@ class StoredRecordsDriver(BleDriver):
 class BloodPressureDriver(StoredRecordsDriver):
     """ble.blood_pressure: Blood Pressure Service 0x1810 (0x2A36 progress is ignored)."""
 
+    Options = SharedDeviceOptions
     measurement_uuid = blood_pressure.MEASUREMENT_UUID
 
-    def reading(self, data: bytes) -> Reading:
+    def reading(self, data: bytes) -> Reading | None:
         m = blood_pressure.decode_measurement(data)
+        if not self.for_this_patient(m.user_id):
+            return None
         unit = Ucum.KPA if m.unit == "kPa" else Ucum.MMHG
         values = [
             Value.of(mdc.PRESS_BLD_NONINV_SYS, m.systolic, unit),
@@ -121,10 +151,13 @@ class ThermometerDriver(StoredRecordsDriver):
 class WeightScaleDriver(StoredRecordsDriver):
     """ble.weight_scale: Weight Scale Service 0x181D."""
 
+    Options = SharedDeviceOptions
     measurement_uuid = weight.MEASUREMENT_UUID
 
-    def reading(self, data: bytes) -> Reading:
+    def reading(self, data: bytes) -> Reading | None:
         m = weight.decode_measurement(data)
+        if not self.for_this_patient(m.user_id):
+            return None
         imperial = m.system == "imperial"
         values = [Value.of(mdc.MASS_BODY_ACTUAL, m.weight, Ucum.LB if imperial else Ucum.KG)]
         if m.bmi is not None:

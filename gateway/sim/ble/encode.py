@@ -59,11 +59,15 @@ def weight(
     when: datetime | None = None,
     bmi: float | None = None,
     height_m: float | None = None,
+    user: int | None = None,
 ) -> bytes:
     flags = (0x02 if when else 0) | (0x08 if bmi is not None and height_m is not None else 0)
+    flags |= 0x04 if user is not None else 0
     out = bytes([flags]) + struct.pack("<H", round(Decimal(str(kg)) / Decimal("0.005")))
     if when:
         out += encode_date_time(when)
+    if user is not None:
+        out += bytes([user])
     if flags & 0x08:
         assert bmi is not None and height_m is not None
         out += struct.pack("<HH", round(bmi * 10), round(height_m * 1000))
