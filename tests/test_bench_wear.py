@@ -49,3 +49,34 @@ def test_counters_of_a_child_that_fsyncs_known_pages(tmp_path: Path) -> None:
         target.unlink(missing_ok=True)
     zero = {"write_bytes": 0, "cancelled_write_bytes": 0}
     assert per_unit(zero, counters, PAGES) >= 4096
+
+
+async def test_simulated_burst_hands_readings_over_together() -> None:
+    import asyncio
+    import logging
+
+    from gateway.clock import SystemClock
+    from gateway.drivers.base import DriverContext, StoredReading
+    from gateway.drivers.simulated import SimulatedDriver, SimulatedOptions
+    from gateway.reading import Reading
+
+    waiting: list[Reading] = []
+    batches: list[int] = []
+    release = asyncio.Event()
+
+    async def emit(reading: Reading) -> StoredReading:
+        waiting.append(reading)
+        if len(waiting) == 3 or sum(batches) + len(waiting) == 5:
+            batches.append(len(waiting))
+            waiting.clear()
+            release.set()
+        await release.wait()
+        return StoredReading(reading.source_key, 0, False)
+
+    options = SimulatedOptions(
+        id="bp-1", driver="simulated", kind="blood_pressure", interval_s=0.0, count=5, burst=3
+    )
+    context = DriverContext("bp-1", SystemClock(), logging.getLogger("t"), emit)
+    await asyncio.wait_for(SimulatedDriver(options, context).run(), 10)
+    # All of a burst were waiting in emit at once (the store can commit them together).
+    assert batches == [3, 2]
