@@ -27,6 +27,13 @@ class SimulatedOptions(DriverOptions):
         default=0, ge=0, description="Readings to make before stopping; 0 = forever."
     )
     seed: int | None = Field(default=None, description="Random seed, for repeatable values.")
+    burst: int = Field(
+        default=1,
+        ge=1,
+        le=1000,
+        description="Readings handed over together each time (like a meter sending its "
+        "memory); they are stored in one transaction.",
+    )
     trigger: Literal["interval", "measure"] = Field(
         default="interval",
         description="'interval': a reading every interval_s; 'measure': one reading interval_s "
@@ -80,25 +87,33 @@ class SimulatedDriver(Driver):
             if options.trigger == "measure":
                 requests = await self.context.measure.wait_request(requests)
                 await asyncio.sleep(options.interval_s)  # the patient measuring
-            values, status = simulated_values(kind, rng)
-            measured_at = self.context.clock.now()
-            reading = Reading(
-                device_id=options.id,
-                driver=options.driver,
-                kind=kind,
-                measured_at=measured_at,
-                measured_at_source="device",
-                values=values,
-                status=status,
-                # The virtual device's identity for this record: its own timestamp
-                # (microseconds) and counter, as a real device's would be.
-                source_key=f"{measured_at.isoformat()}#{made}",
+            burst = (
+                options.burst if options.count == 0 else min(options.burst, options.count - made)
             )
-            await self.context.emit(reading)
-            made += 1
+            readings = [self._reading(kind, rng, made + i) for i in range(burst)]
+            # Handed over together, so the store commits them together (group commit).
+            await asyncio.gather(*(self.context.emit(reading) for reading in readings))
+            made += burst
             if options.trigger == "measure":
                 continue
             if options.interval_s > 0:
                 await asyncio.sleep(options.interval_s)
             else:
                 await asyncio.sleep(0)  # let the loop breathe even at full speed
+
+    def _reading(self, kind: Kind, rng: random.Random, number: int) -> Reading:
+        options = self.options
+        values, status = simulated_values(kind, rng)
+        measured_at = self.context.clock.now()
+        return Reading(
+            device_id=options.id,
+            driver=options.driver,
+            kind=kind,
+            measured_at=measured_at,
+            measured_at_source="device",
+            values=values,
+            status=status,
+            # The virtual device's identity for this record: its own timestamp
+            # (microseconds) and counter, as a real device's would be.
+            source_key=f"{measured_at.isoformat()}#{number}",
+        )
