@@ -15,12 +15,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from homehub_contract import reading_topic
+
 from gateway.config import HubConfig, validate_config
 from gateway.drivers.registry import DriverRegistry
 from gateway.drivers.simulated import simulated_values
 from gateway.reading import Kind, Reading, reading_id
 from gateway.sim.broker import MosquittoBroker
-from gateway.uplink.payload import encode_reading, reading_topic
+from gateway.uplink.payload import encode_reading
 
 GATEWAY_ID = "bench-hub"
 TOPIC_PREFIX = "homehub"

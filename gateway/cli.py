@@ -13,12 +13,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from homehub_contract import load_schema
+
 from gateway import __version__
 from gateway.config import DEFAULT_CONFIG_PATH, EX_CONFIG, HubConfig, config_model, load_config
 from gateway.drivers.registry import DriverRegistry
 from gateway.errors import ConfigError, GatewayError
 from gateway.logsetup import setup_logging
-from gateway.schemas import load_schema
 
 log = logging.getLogger("gateway.cli")
 

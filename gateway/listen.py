@@ -21,12 +21,11 @@ from typing import Any, TextIO
 
 import jsonschema
 import paho.mqtt.client as paho
+from homehub_contract import load_schema
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
-
-from gateway.schemas import load_schema
 
 
 @dataclass

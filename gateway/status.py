@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from homehub_contract import STATUS_SCHEMA
+
 from gateway import __version__
 from gateway.reading import utc_iso_ms
 from gateway.store import StoreStats
-from gateway.uplink.payload import STATUS_SCHEMA
 
 DeviceState = Literal["starting", "ok", "failing", "stopped"]
 

@@ -63,9 +63,10 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 stamp="$VENV/.homehub-installed"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ contract/pyproject.toml -nt "$stamp" ]; then
     echo "bootstrap: installing homehub into $VENV" >&2
     "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -e '.[dev]'
+    # homehub-contract (contract/) is not on PyPI: name it in the same command.
+    "$VENV/bin/python" -m pip install -q -e ./contract -e '.[dev]'
     touch "$stamp"
 fi

@@ -23,7 +23,9 @@ fi
 
 echo "install: virtualenv in $ROOT$PREFIX/venv"
 "$PYTHON" -m venv "$ROOT$PREFIX/venv"
-"$ROOT$PREFIX/venv/bin/python" -m pip install -q .
+# homehub-contract (contract/, the schemas shared with the backend) is not on PyPI: name it
+# in the same command so pip resolves homehub's dependency on it from here.
+"$ROOT$PREFIX/venv/bin/python" -m pip install -q ./contract .
 
 install -D -m 0644 systemd/homehub.sysusers "$ROOT/etc/sysusers.d/homehub.conf"
 install -D -m 0644 systemd/homehub.tmpfiles "$ROOT/etc/tmpfiles.d/homehub.conf"

@@ -249,7 +249,9 @@ def test_readme_makefile_targets_exist() -> None:
 def test_schema_command_prints_the_shipped_schema(which: str) -> None:
     result = run_cli("schema", which)
     assert result.returncode == 0, result.stderr
-    shipped = json.loads((ROOT / "gateway" / "schemas" / f"{which}-1.json").read_text("utf-8"))
+    shipped = json.loads(
+        (ROOT / "contract" / "homehub_contract" / "schemas" / f"{which}-1.json").read_text("utf-8")
+    )
     assert json.loads(result.stdout) == shipped
 
 

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import jsonschema
+from homehub_contract import load_schema
 
-from gateway.schemas import load_schema
 from gateway.sim.broker import MosquittoBroker
 from tests.helpers import (
     FreezableProxy,

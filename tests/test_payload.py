@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from homehub_contract import READING_SCHEMA, STATUS_SCHEMA, load_schema, reading_topic, status_topic
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, FormatChecker, ValidationError
@@ -17,17 +18,9 @@ from jsonschema import Draft202012Validator, FormatChecker, ValidationError
 from gateway import __version__, mdc
 from gateway.mdc import Ucum
 from gateway.reading import Kind, Reading, Value, reading_id, utc_iso_ms
-from gateway.schemas import load_schema
 from gateway.status import DeviceStatus, StatusTracker
 from gateway.store import StoreStats
-from gateway.uplink.payload import (
-    READING_SCHEMA,
-    STATUS_SCHEMA,
-    encode_reading,
-    offline_status,
-    reading_topic,
-    status_topic,
-)
+from gateway.uplink.payload import encode_reading, offline_status
 
 # RFC 3339 date-time (jsonschema's own check needs an optional package; be explicit).
 RFC3339 = re.compile(

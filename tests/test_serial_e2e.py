@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import jsonschema
+from homehub_contract import load_schema
 
-from gateway.schemas import load_schema
 from gateway.sim.broker import MosquittoBroker
 from gateway.sim.pty import PtyLink
 from gateway.sim.serial import ALL_SIMS, SIM_CONFIG, Phase, RunningSim, Scenario

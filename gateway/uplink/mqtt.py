@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import paho.mqtt.client as paho
+from homehub_contract import reading_topic, status_topic
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -47,7 +48,7 @@ from gateway.errors import UplinkError
 from gateway.events import EventBus, PublishRefused, ReadingDelivered, UplinkDown, UplinkUp
 from gateway.store import OutboxRow, Store
 from gateway.uplink.outbox import PoisonGuard, PublishQueue
-from gateway.uplink.payload import offline_status, reading_topic, status_topic
+from gateway.uplink.payload import offline_status
 
 log = logging.getLogger(__name__)
 

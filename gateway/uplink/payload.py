@@ -1,8 +1,9 @@
 """Payload encodings for the backend contract (ARCHITECTURE.md, "MQTT contract").
 
 `homehub.reading/1` and `homehub.status/1` are versioned; fields may be added,
-never removed or changed in meaning. JSON Schemas for both live in
-`gateway/schemas/` and are checked against these encoders in the tests.
+never removed or changed in meaning. JSON Schemas for both, their names and
+their topics live in the shared contract package `homehub_contract` (`contract/`); the tests
+check these encoders against those schemas.
 """
 
 from __future__ import annotations
@@ -11,18 +12,9 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from homehub_contract import READING_SCHEMA, STATUS_SCHEMA
+
 from gateway.reading import Reading, utc_iso_ms
-
-READING_SCHEMA = "homehub.reading/1"
-STATUS_SCHEMA = "homehub.status/1"
-
-
-def reading_topic(prefix: str, gateway_id: str, device_id: str) -> str:
-    return f"{prefix}/{gateway_id}/readings/{device_id}"
-
-
-def status_topic(prefix: str, gateway_id: str) -> str:
-    return f"{prefix}/{gateway_id}/status"
 
 
 def iso_with_offset(moment: datetime) -> str:

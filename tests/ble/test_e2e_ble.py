@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+from homehub_contract import load_schema
 
 from gateway.config import validate_config
 from gateway.daemon import Hub
 from gateway.drivers.registry import DriverRegistry
-from gateway.schemas import load_schema
 from gateway.sim.ble import encode
 from gateway.sim.ble.profiles import (
     BloodPressureMonitor,

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import jsonschema
+from homehub_contract import load_schema
 
-from gateway.schemas import load_schema
 from gateway.sim.ble import encode
 from gateway.sim.ble.profiles import BloodPressureMonitor, WeightScale
 from gateway.sim.broker import MosquittoBroker

@@ -1,0 +1,81 @@
+"""The backend contract of homehub: what a hub and its backend share, and nothing else.
+
+Both distributions depend on this one (``homehub`` on the Pi, ``homehub-backend`` on the care
+team's server), so neither imports the other's internals: the JSON Schemas of every message,
+their names, and the MQTT topics they travel on (ARCHITECTURE.md, "MQTT contract").
+
+Versioning: a message's schema name carries its major version (``homehub.reading/1``). Fields
+may be added to a version, never removed or changed in meaning; consumers ignore unknown fields.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import jsonschema
+
+__all__ = [
+    "CONFIRM_SCHEMA",
+    "MAX_CONFIRM_IDS",
+    "READING_SCHEMA",
+    "STATUS_SCHEMA",
+    "confirm_topic",
+    "load_schema",
+    "reading_topic",
+    "readings_filter",
+    "status_filter",
+    "status_topic",
+    "validator",
+]
+
+READING_SCHEMA = "homehub.reading/1"
+STATUS_SCHEMA = "homehub.status/1"
+CONFIRM_SCHEMA = "homehub.confirm/1"
+
+# confirm-1.json's maxItems: a confirmation stays far below any broker's packet limit.
+MAX_CONFIRM_IDS = 1000
+
+
+def load_schema(name: str) -> dict[str, Any]:
+    """The JSON Schema ``<name>.json`` shipped here: ``reading-1``, ``status-1``, ``confirm-1``."""
+    text = resources.files(__package__).joinpath("schemas", f"{name}.json").read_text("utf-8")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+@cache
+def validator(name: str) -> jsonschema.protocols.Validator:
+    """A ready Draft 2020-12 validator for ``<name>.json`` (built once per process)."""
+    schema = load_schema(name)
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    checker: jsonschema.protocols.Validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
+    return checker
+
+
+def reading_topic(prefix: str, gateway_id: str, device_id: str) -> str:
+    """hub → backend, QoS 1, not retained: ``homehub.reading/1``."""
+    return f"{prefix}/{gateway_id}/readings/{device_id}"
+
+
+def status_topic(prefix: str, gateway_id: str) -> str:
+    """hub → backend, QoS 1, retained (and the Last Will): ``homehub.status/1``."""
+    return f"{prefix}/{gateway_id}/status"
+
+
+def confirm_topic(prefix: str, gateway_id: str) -> str:
+    """backend → hub, QoS 1, not retained: ``homehub.confirm/1``."""
+    return f"{prefix}/{gateway_id}/confirm"
+
+
+def readings_filter(prefix: str) -> str:
+    """Every hub's readings under a prefix (a backend's subscription)."""
+    return f"{prefix}/+/readings/#"
+
+
+def status_filter(prefix: str) -> str:
+    """Every hub's status under a prefix."""
+    return f"{prefix}/+/status"
