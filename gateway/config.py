@@ -24,6 +24,7 @@ from pydantic import (
     FilePath,
     ValidationError,
     create_model,
+    field_validator,
     model_validator,
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
@@ -180,6 +181,22 @@ class BleSection(_Section):
         "tcp-client:127.0.0.1:9000.",
     )
     connect_timeout_s: float = Field(default=10.0, gt=0, le=120)
+
+    @field_validator("stack")
+    @classmethod
+    def _stack_installed(cls, stack: str) -> str:
+        # Issue 11: bumble is an extra (its libusb-package has no armv7l wheel), so a hub
+        # configured for it must say how to get it rather than fail at the first scan.
+        if stack == "bumble":
+            try:
+                import bumble  # noqa: F401
+            except ImportError:
+                raise ValueError(
+                    "the Bumble stack is not installed: pip install 'homehub[bumble]', "
+                    'or use stack = "bluez"'
+                ) from None
+        return stack
+
     scan_stall_s: float = Field(
         default=600.0,
         ge=0,

@@ -486,3 +486,33 @@ def test_toml_dates_do_not_crash_validation(registry: DriverRegistry) -> None:
     with pytest.raises(ConfigError) as info:
         validate_config(data, registry)
     assert info.value.problems == ["when: unknown key (not an option here; check the spelling)"]
+
+
+def test_a_bumble_less_install_refuses_stack_bumble_naming_the_field(tmp_path: Path) -> None:
+    # Issue 11: bumble is the `homehub[bumble]` extra. A hub without it (here: an interpreter
+    # where `import bumble` fails, as on a plain armv7l install) must refuse the config with
+    # the field and the install command, and accept stack = "bluez".
+    blocker = tmp_path / "no_bumble"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['bumble'] = None\n")
+    env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(blocker), env.get("PYTHONPATH")]))
+
+    def check(stack: str) -> subprocess.CompletedProcess[str]:
+        path = tmp_path / f"{stack}.toml"
+        path.write_text(valid_toml(tmp_path / "state", top=f'[ble]\nstack = "{stack}"\n'))
+        return subprocess.run(
+            [sys.executable, "-m", "gateway", "check-config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT_S,
+            env=env,
+            check=False,
+        )
+
+    refused = check("bumble")
+    assert refused.returncode == EX_CONFIG, refused.stderr
+    assert "ble.stack:" in refused.stderr
+    assert "homehub[bumble]" in refused.stderr
+    accepted = check("bluez")
+    assert accepted.returncode == 0, accepted.stderr
