@@ -154,6 +154,7 @@ class Hub:
             cfg.panel,
             self.events,
             pin_factory=self._pin_factory,
+            work_dir=cfg.gateway.state_dir,  # lgpio's notification FIFO (issue 11)
             on_measure=self.measure.open,
             on_pairing=self.pairing.open,
         )

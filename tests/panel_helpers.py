@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpiozero.pins.mock import MockFactory, MockPWMPin
+from gpiozero.pins.mock import MockFactory, MockPin, MockPWMPin
 
 from gateway.config import PanelSection
 from gateway.events import Event, EventBus, PanelShows
@@ -57,9 +57,11 @@ async def mock_panel(
     *,
     pattern_scale: float = 1.0,
     on_state: Callable[[str], None] | None = None,
+    pin_class: type[MockPin] = MockPWMPin,
     **config: Any,
 ) -> AsyncIterator[MockPanel]:
-    factory = MockFactory(pin_class=MockPWMPin)
+    """A started panel on MockFactory pins; `pin_class=MockPin`: pins without PWM."""
+    factory = MockFactory(pin_class=pin_class)
     cfg = PanelSection(backend="gpio", **config)
     events = EventBus()
     holder: dict[str, MockPanel] = {}

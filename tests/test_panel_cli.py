@@ -82,7 +82,8 @@ def _run(
         text=True,
         timeout=60,
         cwd=ROOT,
-        env={**os.environ, **(env or {})},
+        # PYTHONPATH: this checkout's gateway/, whatever the venv's script was installed from
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         check=False,
     )
 
@@ -104,3 +105,29 @@ def test_panel_test_command_on_gpiozeros_mock_pins(tmp_path: Path) -> None:
     for state in PanelState:
         assert state.value in result.stdout
     assert "FAILED: no short press in 0.2 s" in result.stdout
+    assert result.stdout.startswith("panel-test: backend gpio, pin factory mock; ")
+
+
+def test_panel_test_names_its_pin_factory_and_plays_on_off_without_pwm(tmp_path: Path) -> None:
+    config = tmp_path / "hub.toml"
+    config.write_text('[gateway]\nid = "hub-1"\n\n[panel]\nbackend = "gpio"\n')
+    env = {"GPIOZERO_PIN_FACTORY": "mock", "GPIOZERO_MOCK_PIN_CLASS": "mockpin"}
+    result = _run(config, "--seconds", "0.05", "--timeout", "0.1", env=env)
+    assert result.returncode == 1, result.stdout + result.stderr  # nobody pressed
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("panel-test: backend gpio, pin factory mock (no PWM: on/off"), first
+    assert "green heartbeat" in result.stdout and "steady dim green" not in result.stdout
+
+
+def test_panel_test_without_gpio_names_what_lgpio_said_and_leaves_no_fifo_behind(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "hub.toml"
+    config.write_text('[gateway]\nid = "hub-1"\n\n[panel]\nbackend = "gpio"\n')
+    env = {"GPIOZERO_PIN_FACTORY": ""}  # our own choice: lgpio (installed), then native
+    before = set(ROOT.glob(".lgd-nfy*"))
+    result = _run(config, env=env)
+    assert result.returncode == 1
+    assert "no GPIO pin factory works here (lgpio: " in result.stderr, result.stderr
+    # lgpio's FIFO went into a private temporary directory, not the working directory.
+    assert set(ROOT.glob(".lgd-nfy*")) == before

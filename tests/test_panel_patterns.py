@@ -13,6 +13,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from gpiozero.pins.mock import MockPin
 
 from gateway.events import (
     DiskFull,
@@ -77,6 +78,16 @@ SPEC: dict[str, tuple[Steps, list[Event]]] = {
     ),
 }  # fmt: skip
 
+#: Without PWM (issue 11): the same, except the two patterns that dim. "ready" must not
+#: look like "sent" (steady green), so it is a heartbeat; breathing is an even blink.
+SPEC_ON_OFF: dict[str, tuple[Steps, list[Event]]] = {
+    **SPEC,
+    "ready": ([("green", 1, 0.1), (None, 0, 4.9)], [HubStarted()]),
+    "waiting for you": (
+        [("green", 1, 0.5), (None, 0, 0.5)], [HubStarted(), WindowOpened("measure", 120)]
+    ),
+}  # fmt: skip
+
 
 def _cycle_s(steps: Steps) -> float:
     return sum(s for _, _, s in steps)
@@ -87,11 +98,15 @@ def _channel(steps: Steps, value: Any) -> list[tuple[float, float]]:
 
 
 async def _check(
-    state: str, pins: dict[int, Any], tolerance: tuple[float, float], **config: Any
+    state: str,
+    pins: dict[int, Any],
+    tolerance: tuple[float, float],
+    spec: dict[str, tuple[Steps, list[Event]]] = SPEC,
+    **config: Any,
 ) -> None:
     """Lead the panel to `state`, then compare each pin with its channel of the spec
     for one cycle and a bit (steady patterns: watched 0.5 s for stray changes)."""
-    steps, events = SPEC[state]
+    steps, events = spec[state]
     until = _cycle_s(steps) + steps[0][2] / 2
     steady = len(steps) == 1
     async with mock_panel(**config) as mp:
@@ -146,9 +161,15 @@ def _led(name: str) -> Any:
     return lambda colour, level: level if colour == name else 0.0
 
 
+def _rgb_on_off(index: int) -> Any:
+    # A channel without PWM is on or off: amber (1, 0.4, 0) is red and green on.
+    return lambda colour, level: 1.0 if RGB[colour][index] * level > 0 else 0.0
+
+
 EXACT = (1e-6, 1e-6)
 RGB_CHANNELS = {number: _rgb(i) for i, number in enumerate(RGB_PINS)}
 LED_CHANNELS = {number: _led(name) for name, number in SEPARATE_PINS.items()}
+RGB_ON_OFF = {number: _rgb_on_off(i) for i, number in enumerate(RGB_PINS)}
 
 
 @pytest.mark.parametrize("state", list(SPEC))
@@ -159,6 +180,33 @@ def test_rgb_led_follows_the_documented_pattern(state: str, virtual: Any) -> Non
 @pytest.mark.parametrize("state", list(SPEC))
 def test_separate_leds_follow_the_documented_pattern(state: str, virtual: Any) -> None:
     virtual(lambda: _check(state, LED_CHANNELS, EXACT, leds="separate"))
+
+
+@pytest.mark.parametrize("state", list(SPEC_ON_OFF))
+def test_without_pwm_rgb_led_plays_the_on_off_patterns(state: str, virtual: Any) -> None:
+    virtual(lambda: _check(state, RGB_ON_OFF, EXACT, SPEC_ON_OFF, pin_class=MockPin))
+
+
+@pytest.mark.parametrize("state", list(SPEC_ON_OFF))
+def test_without_pwm_separate_leds_play_the_on_off_patterns(state: str, virtual: Any) -> None:
+    virtual(
+        lambda: _check(state, LED_CHANNELS, EXACT, SPEC_ON_OFF, pin_class=MockPin, leds="separate")
+    )
+
+
+async def test_without_pwm_the_backend_says_so_and_no_pin_is_ever_dimmed() -> None:
+    async with mock_panel(pin_class=MockPin) as mp:
+        assert mp.panel.backend.pwm is False and mp.panel.backend.pin_factory == "mock"
+        mp.publish(HubStarted())
+        await mp.wait_shown("ready")
+        # A "ready" cycle (5 s) would be long; the heartbeat's flash is enough here.
+        async with asyncio.timeout(2):
+            while not any(float(s.state) == 1.0 for s in mp.pin(RGB_PINS[1]).states):
+                await asyncio.sleep(0.01)
+        values = {float(s.state) for n in RGB_PINS for s in mp.pin(n).states}
+        assert values <= {0.0, 1.0}
+    async with mock_panel() as pwm:
+        assert pwm.panel.backend.pwm is True
 
 
 async def test_patterns_keep_their_timing_on_the_real_clock() -> None:

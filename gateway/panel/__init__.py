@@ -7,13 +7,16 @@ events (`gateway.panel.states`), the patterns are data (`gateway.panel.patterns`
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from gateway.config import PanelSection
+from gateway.errors import GatewayError
 from gateway.events import EventBus
 from gateway.panel.backends import NoneBackend, PanelBackend, create_backend
-from gateway.panel.panel import Panel
+from gateway.panel.panel import REOPEN_MAX_S, Panel
 from gateway.panel.patterns import Colour, Pattern, Step, patterns
 from gateway.panel.states import PRIORITY, PanelState, PanelStateMachine, StateTimings
 
@@ -34,22 +37,35 @@ __all__ = [
     "patterns",
 ]
 
+log = logging.getLogger(__name__)
+
 
 def create_panel(
     config: PanelSection,
     events: EventBus,
     *,
     pin_factory: Any | None = None,
+    work_dir: Path | None = None,
     on_measure: Callable[[], None],
     on_pairing: Callable[[], None],
 ) -> Panel:
-    """The panel `config` describes; `pin_factory` (gpiozero) is passed in, never global."""
+    """The panel `config` describes; `pin_factory` (gpiozero) is passed in, never global;
+    `work_dir` holds lgpio's notification FIFO (the hub's state directory).
+
+    GPIO that is expected (`backend = "gpio"`, or "auto" where GPIO hardware exists) but
+    does not open is not fatal: the panel starts dark, logs a WARNING naming why, and
+    retries with backoff (1 s doubling to 60 s) until it opens (issue 11)."""
+
+    def reopen() -> PanelBackend:
+        return create_backend(config, pin_factory, work_dir=work_dir)
+
+    try:
+        backend, retry = reopen(), None
+    except GatewayError as exc:
+        log.warning("%s; running dark, retrying every %g s at most", exc, REOPEN_MAX_S)
+        backend, retry = NoneBackend(), reopen
     return Panel(
-        config,
-        create_backend(config, pin_factory),
-        events,
-        on_measure=on_measure,
-        on_pairing=on_pairing,
+        config, backend, events, on_measure=on_measure, on_pairing=on_pairing, reopen=retry
     )
 
 

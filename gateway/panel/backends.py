@@ -12,13 +12,13 @@ from __future__ import annotations
 import abc
 import logging
 import os
-import warnings
 from collections.abc import Callable
 from glob import glob
+from pathlib import Path
 from typing import Any
 
 from gateway.config import PanelSection
-from gateway.errors import GatewayError
+from gateway.panel.factory import choose_pin_factory
 from gateway.panel.patterns import Colour
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,11 @@ EdgeHandler = Callable[[bool], None]
 class PanelBackend(abc.ABC):
     name: str = "?"
     has_button: bool = False
+    #: whether `show` can dim (PWM); without it any level above 0 is full on, and the
+    #: panel plays the on/off variants of the patterns (gateway/panel/patterns.py)
+    pwm: bool = True
+    #: the gpiozero pin factory's name ("lgpio", "mock", ...), None without one
+    pin_factory: str | None = None
 
     @abc.abstractmethod
     def show(self, colour: Colour | None, level: float) -> None:
@@ -65,25 +70,15 @@ def gpio_present() -> bool:
     return bool(glob("/dev/gpiochip*") or os.path.exists("/dev/gpiomem"))
 
 
-def default_pin_factory() -> Any:
-    """gpiozero's normal factory selection (lgpio, RPi.GPIO, pigpio, native; or
-    GPIOZERO_PIN_FACTORY), without installing it as the process-global default."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # gpiozero warns for each factory it falls back from
-        try:
-            from gpiozero import Device  # only with a gpio panel: ~3 MiB otherwise unused
-
-            return Device._default_pin_factory()
-        except Exception as exc:
-            raise GatewayError(
-                f'panel: backend "gpio" but no GPIO pin factory works here ({exc}); '
-                'set [panel] backend = "none" on hardware without GPIO'
-            ) from exc
-
-
-def create_backend(config: PanelSection, pin_factory: Any | None = None) -> PanelBackend:
+def create_backend(
+    config: PanelSection, pin_factory: Any | None = None, *, work_dir: Path | None = None
+) -> PanelBackend:
     """The backend `config.backend` names. `pin_factory` (e.g. gpiozero's MockFactory)
-    replaces gpiozero's selection and makes "auto" choose gpio."""
+    replaces our selection (gateway/panel/factory.py) and makes "auto" choose gpio.
+    `work_dir` is where lgpio keeps its notification FIFO (the hub's state directory;
+    None: a private temporary one). Raises GatewayError when GPIO is expected ("gpio", or
+    "auto" with GPIO hardware present) but no pin factory works or the pins do not open:
+    `create_panel` then retries; `panel-test` reports it."""
     backend = config.backend
     if backend == "none":
         return NoneBackend()
@@ -91,13 +86,7 @@ def create_backend(config: PanelSection, pin_factory: Any | None = None) -> Pane
         log.warning("panel: no GPIO hardware found; running without button and light")
         return NoneBackend()
     if pin_factory is None:
-        try:
-            pin_factory = default_pin_factory()
-        except GatewayError as exc:
-            if backend == "gpio":
-                raise
-            log.warning("panel: no usable GPIO (%s); running without button and light", exc)
-            return NoneBackend()
+        pin_factory = choose_pin_factory(work_dir)  # GatewayError when none works
     from gateway.panel.gpio import GpioBackend
 
     return GpioBackend(config, pin_factory)

@@ -69,9 +69,11 @@ def _breathing(colour: Colour, period_s: float = 4.0, steps: int = 20) -> tuple[
 G, A, R = Colour.GREEN, Colour.AMBER, Colour.RED
 
 
-def patterns(ready_level: float = 0.1) -> dict[PanelState, Pattern]:
-    """Every state's pattern; `ready_level` is the brightness of "ready" (0: off)."""
-    return {
+def patterns(ready_level: float = 0.1, *, pwm: bool = True) -> dict[PanelState, Pattern]:
+    """Every state's pattern; `ready_level` is the brightness of "ready" (0: off).
+    `pwm` False: for LEDs that are only on or off (a pin factory without PWM, issue 11),
+    the two patterns that dim get on/off rhythms of their own (see `_on_off`)."""
+    table = {
         PanelState.STARTING: Pattern(
             "chase",
             "green, amber, red 0.2 s each with 0.1 s dark between, repeated",
@@ -122,5 +124,32 @@ def patterns(ready_level: float = 0.1) -> dict[PanelState, Pattern]:
                 Step(A, 1.0, 0.1),
                 Step(DARK, 0.0, 1.1),
             ),
+        ),
+    }
+    if not pwm:
+        table.update(_on_off(ready_level))
+    return table
+
+
+def _on_off(ready_level: float) -> dict[PanelState, Pattern]:
+    """ "ready" and "waiting for you" without dimming. "ready" must not become steady
+    green: that is "sent", and a false "sent" is the one thing the light may never say.
+    So "ready" is a short green flash every 5 s, and the breathing becomes an even
+    0.5 s blink (quicker than "needs help", 1 s, and green)."""
+    ready = (
+        Pattern("dark", "off (ready_level = 0)", _steady(G, 0.0))
+        if ready_level <= 0.0
+        else Pattern(
+            "green heartbeat",
+            "a short green flash (0.1 s) every 5 s",
+            (Step(G, 1.0, 0.1), Step(DARK, 0.0, 4.9)),
+        )
+    )
+    return {
+        PanelState.READY: ready,
+        PanelState.WAITING: Pattern(
+            "quick green blink",
+            "green 0.5 s on, 0.5 s dark, repeated",
+            (Step(G, 1.0, 0.5), Step(DARK, 0.0, 0.5)),
         ),
     }

@@ -52,7 +52,7 @@ async def panel_test(
     timeout_s: float = 60.0,
 ) -> int:
     player = PatternPlayer(backend)
-    table = patterns(config.ready_level)
+    table = patterns(config.ready_level, pwm=backend.pwm)
     presses: asyncio.Queue[str] = asyncio.Queue()
     button = ButtonLogic(
         bounce_s=config.bounce_s,
@@ -64,7 +64,12 @@ async def panel_test(
         on_released=lambda: None,
     )
     try:
-        print(f"panel-test: backend {backend.name}; each pattern for {show_s:g} s", file=out)
+        factory = "" if backend.pin_factory is None else f", pin factory {backend.pin_factory}"
+        pwm = "" if backend.pwm else " (no PWM: on/off patterns)"
+        print(
+            f"panel-test: backend {backend.name}{factory}{pwm}; each pattern for {show_s:g} s",
+            file=out,
+        )
         for state in SHOW_ORDER:
             pattern = table[state]
             print(f"  {state.value:<24} {pattern.name}: {pattern.description}", file=out)
