@@ -141,6 +141,13 @@ def _native_factory(work_dir: Path | None, devicetree: Path) -> Any:
     return HubNativeFactory()
 
 
+#: what each candidate opens, as systemd's DeviceAllow= names it; the unit grants lgpio's
+#: and nothing else (tests/test_systemd.py)
+DEVICES: dict[str, tuple[str, ...]] = {
+    "lgpio": ("char-gpiochip",),  # /dev/gpiochip*, character devices of class gpiochip
+    "native": ("/dev/gpiomem", "/dev/mem"),
+}
+
 #: tried in this order; each takes (work_dir, devicetree)
 CANDIDATES: tuple[tuple[str, Callable[[Path | None, Path], Any]], ...] = (
     ("lgpio", _lgpio_factory),
