@@ -99,3 +99,11 @@ def test_make_pi_check_runs_both_architectures_and_is_not_part_of_make_test() ->
         ["make", "-n", "test"], cwd=REPO, capture_output=True, text=True, timeout=30
     )
     assert "pi-root-check" not in test_recipe.stdout
+
+
+def test_install_md_has_the_measured_section() -> None:
+    text = (REPO / "docs" / "INSTALL.md").read_text("utf-8")
+    assert "## Emulated Pi root (make pi-check)" in text
+    section = text.split("## Emulated Pi root (make pi-check)", 1)[1]
+    for arch in ("arm64", "armhf"):
+        assert f"PASS {arch}" in section or f"FAIL {arch}" in section
