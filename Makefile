@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.homehub-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install-deps demo test lint format bench install uninstall clean
+.PHONY: help install-deps demo test lint format bench install uninstall pi-check clean
 
 help: ## this help
 	@echo "homehub make targets:"
@@ -38,6 +38,14 @@ install: ## (root) install as a service: /opt/homehub, unit, user; keeps /etc/ho
 
 uninstall: ## (root) remove program and unit; keep config and data
 	bash scripts/uninstall.sh
+
+# Where the emulated Pi roots are built once and cached (scripts/pi-root-check.sh).
+PI_ROOT_CACHE ?= /var/cache/homehub-piroot
+
+pi-check: ## (root, slow) make install + run in emulated arm64 and armhf roots (docs/INSTALL.md)
+	@rc=0; for arch in arm64 armhf; do \
+		PI_ROOT_CACHE="$(PI_ROOT_CACHE)" bash scripts/pi-root-check.sh $$arch || rc=1; \
+	done; exit $$rc
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

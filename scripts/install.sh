@@ -54,6 +54,14 @@ chgrp "$gid" "$ROOT$CONFIG"
 
 if [ -n "$ROOT" ]; then
     systemctl --root "$ROOT" enable homehub.service
+elif [ ! -d /run/systemd/system ]; then
+    # systemd is not running here (sd_booted(3)'s test): a chroot, e.g. an image build or
+    # scripts/pi-root-check.sh. Enable the unit offline for the next boot; there is no
+    # manager to reload or to start it.
+    systemctl --root / enable homehub.service
+    echo "install: systemd is not running here: homehub.service is enabled for the next boot"
+    echo "install: done. Edit $CONFIG; it starts at boot (or run: homehub run --config $CONFIG)"
+    exit 0
 else
     systemctl daemon-reload
     systemctl enable homehub.service
