@@ -150,6 +150,8 @@ class BatchResult:
     duplicates: int = 0
     # A reading whose id is already held for another gateway: not this hub's to confirm.
     conflicts: list[ReadingRow] = field(default_factory=list)
+    # Rows PostgreSQL itself refused (write_batch_row_by_row), now in `rejected`.
+    refused: list[RejectedRow] = field(default_factory=list)
 
 
 INSERT_READINGS = """
@@ -322,7 +324,9 @@ def write_batch_row_by_row(
                 raw = json.dumps(status.doc).encode()
                 refused.append(_refused(f"(status of {status.gateway})", raw, exc))
         # Every row that is not refused again, now in the one transaction.
-        return write_batch_in(conn, good_readings, rejected + refused, good_statuses)
+        result = write_batch_in(conn, good_readings, rejected + refused, good_statuses)
+    result.refused = refused
+    return result
 
 
 class _Probe(Exception):

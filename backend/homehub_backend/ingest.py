@@ -240,8 +240,9 @@ class Worker:
         except queue.Empty:
             return []
         batch = [first]
+        log.debug("ingest: batch open")
         deadline = time.monotonic() + ingest.batch_wait_ms / 1000
-        while len(batch) < ingest.batch_max:
+        while len(batch) < ingest.batch_max and not self._stop.is_set():
             try:
                 batch.append(self._queue.get_nowait())
                 continue
@@ -251,9 +252,10 @@ class Worker:
             if remaining <= 0:
                 break
             try:
-                batch.append(self._queue.get(timeout=remaining))
+                # Short waits: a SIGTERM closes the batch at once (then commit, ack, exit).
+                batch.append(self._queue.get(timeout=min(remaining, 0.05)))
             except queue.Empty:
-                break
+                continue
         return batch
 
     def _handle(self, batch: list[Inbound]) -> None:
@@ -263,7 +265,7 @@ class Worker:
         result = self._commit(readings, rejected, statuses)
         if result is None:
             return  # stopping while PostgreSQL is away: nothing acked, nothing lost
-        for r in rejected:
+        for r in rejected + result.refused:
             log.warning("ingest: rejected a message: %s", r.reason)
             log.debug("ingest: rejected %s: %s", r.topic, r.reason)
         for _ in result.conflicts:
@@ -271,7 +273,7 @@ class Worker:
         self.counters.batches += 1
         self.counters.stored += result.new
         self.counters.duplicates += result.duplicates
-        self.counters.rejected += len(rejected) + len(result.conflicts)
+        self.counters.rejected += len(rejected) + len(result.conflicts) + len(result.refused)
         self.counters.statuses += len(statuses)
         self._confirm(result)
         self._ack(batch)

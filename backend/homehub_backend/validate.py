@@ -63,8 +63,9 @@ def _utc(text: str) -> datetime:
 
 
 def _schema_reason(exc: fastjsonschema.JsonSchemaValueException) -> str:
-    # The path and the rule, never the value: reasons are logged (no patient values in logs).
-    return f"schema: {exc.name} ({exc.rule})"
+    # fastjsonschema names the path and the rule ("data.values[0].value must be number or
+    # null"), never the value: reasons are logged, and patient values never are.
+    return f"schema: {exc.message}"
 
 
 Row = ReadingRow | RejectedRow | StatusRow

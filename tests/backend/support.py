@@ -185,10 +185,20 @@ class ThreadWorker:
             raise self.error
 
 
-def worker_process(config: Path, *extra: str) -> subprocess.Popen[str]:
+def worker_process(config: Path, *extra: str, log_level: str = "INFO") -> subprocess.Popen[str]:
     """`homehub-backend ingest` in a subprocess."""
     return subprocess.Popen(
-        [sys.executable, "-m", "homehub_backend", "ingest", "--config", str(config), *extra],
+        [
+            sys.executable,
+            "-m",
+            "homehub_backend",
+            "--log-level",
+            log_level,
+            "ingest",
+            "--config",
+            str(config),
+            *extra,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
