@@ -70,8 +70,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, config: BackendConfig) -> int:
-    from homehub_backend import db
-
     if args.command == "check-config":
         b = config.broker
         print(
@@ -79,6 +77,8 @@ def _run(args: argparse.Namespace, config: BackendConfig) -> int:
             f"{config.ingest.share_group}, prefix {config.ingest.topic_prefix})"
         )
         return 0
+    from homehub_backend import db  # psycopg: not needed to check a file
+
     if args.command == "migrate":
         with db.connect(config.database) as conn:
             applied = db.migrate(conn)
