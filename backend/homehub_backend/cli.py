@@ -112,7 +112,10 @@ def _ingest(args: argparse.Namespace, config: BackendConfig) -> int:
         log.info("ingest: %s: finishing the batch in hand", signal.Signals(signum).name)
         worker.stop()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    worker.run()
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        worker.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0

@@ -9,6 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from homehub_backend import db
+from homehub_backend.cli import main
 from homehub_backend.config import ConfigError, load_config
 
 from tests.backend.support import write_backend_config
@@ -67,7 +68,7 @@ def test_every_problem_is_reported_with_its_field_and_exit_78(tmp_path: Path) ->
 
 
 def test_migrate_is_idempotent_and_ingest_refuses_an_unmigrated_database(
-    tmp_path: Path, pg: object
+    tmp_path: Path, pg: object, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from homehub_backend.sandbox import PostgresSandbox
 
@@ -77,14 +78,13 @@ def test_migrate_is_idempotent_and_ingest_refuses_an_unmigrated_database(
     dsn = pg.dsn.replace(f"dbname={pg.database}", "dbname=empty_for_cli")
     path, _ = write_backend_config(tmp_path / "b.toml", port=1, dsn=dsn)
     try:
-        refused = cli("ingest", "--config", str(path))
-        assert refused.returncode == 1
-        assert "run 'homehub-backend migrate' first" in refused.stderr
-        first = cli("migrate", "--config", str(path))
-        assert first.returncode == 0, first.stderr
-        assert "schema at version 1 (0001_initial.sql)" in first.stdout
-        again = cli("migrate", "--config", str(path))
-        assert again.returncode == 0 and "nothing to apply" in again.stdout
+        # In-process (the same main() the command runs): subprocesses cost seconds each.
+        assert main(["ingest", "--config", str(path)]) == 1
+        assert "run 'homehub-backend migrate' first" in capsys.readouterr().err
+        assert main(["migrate", "--config", str(path)]) == 0
+        assert "schema at version 1 (0001_initial.sql)" in capsys.readouterr().out
+        assert main(["migrate", "--config", str(path)]) == 0
+        assert "nothing to apply" in capsys.readouterr().out
         with psycopg.connect(dsn) as conn:
             assert db.schema_version(conn) == len(db.migrations()) == 1
             tables = {

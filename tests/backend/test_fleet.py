@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
+from homehub_backend.cli import main
 from homehub_backend.config import BackendConfig
 
 from gateway.sim.broker import MosquittoBroker
@@ -34,13 +34,9 @@ def online(gateway: str, unsent: int, oldest: float | None, **fields: Any) -> di
     )
 
 
-def fleet_cli(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "homehub_backend", "fleet", "--config", str(config), *extra],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+def fleet_cli(config: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> str:
+    assert main(["fleet", "--config", str(config), *extra]) == 0
+    return capsys.readouterr().out
 
 
 def hubs_seen(dsn: str) -> int:
@@ -50,7 +46,10 @@ def hubs_seen(dsn: str) -> int:
 
 
 def test_fleet_shows_offline_backlog_and_failing_devices(
-    broker: MosquittoBroker, backend_config: Make, database: str
+    broker: MosquittoBroker,
+    backend_config: Make,
+    database: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     path, config = backend_config(broker.port, fleet={"backlog_age_s": 600.0})
     hub = Publisher(broker.port)
@@ -71,9 +70,7 @@ def test_fleet_shows_offline_backlog_and_failing_devices(
         hub.close()
         worker.stop()
 
-    result = fleet_cli(path, "--json")
-    assert result.returncode == 0, result.stderr
-    hubs = {h["gateway"]: h for h in json.loads(result.stdout)["hubs"]}
+    hubs = {h["gateway"]: h for h in json.loads(fleet_cli(path, capsys, "--json"))["hubs"]}
     assert set(hubs) == {"hub-ok", "hub-gone", "hub-slow", "hub-sick"}
     assert not hubs["hub-gone"]["online"] and hubs["hub-gone"]["offline_since"]
     assert hubs["hub-gone"]["unsent"] == 3  # the Last Will has no counts: the last known kept
@@ -83,9 +80,7 @@ def test_fleet_shows_offline_backlog_and_failing_devices(
     assert not hubs["hub-ok"]["attention"]
     assert all(hubs[g]["attention"] for g in ("hub-gone", "hub-slow", "hub-sick"))
 
-    table = fleet_cli(path)
-    assert table.returncode == 0, table.stderr
-    lines = table.stdout.splitlines()
+    lines = fleet_cli(path, capsys).splitlines()
     assert lines[0].split()[:3] == ["HUB", "STATE", "SINCE"]
     # Those that need attention first, the offline one on top.
     assert lines[1].startswith("hub-gone") and "OFFLINE" in lines[1] and " ago" in lines[1]

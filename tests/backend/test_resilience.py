@@ -84,7 +84,7 @@ def test_two_workers_one_sigkilled_again_and_again_lose_nothing(
 ) -> None:
     path_a, _ = backend_config(broker.port, ingest={"batch_max": 100, "batch_wait_ms": 20.0})
     path_b, _ = backend_config(broker.port, ingest={"batch_max": 100, "batch_wait_ms": 20.0})
-    docs = [reading_doc(f"hub-{n % 5}", n) for n in range(3000)]
+    docs = [reading_doc(f"hub-{n % 5}", n) for n in range(2000)]
     rng = random.Random(9)
     confirms = ConfirmCollector(broker.port, [f"hub-{g}" for g in range(5)]).start()
     b = worker_process(path_b)
