@@ -340,9 +340,8 @@ class Worker:
             for payload in confirm_payloads(gateway, ids, confirmed_at):
                 infos.append(self._client.publish(confirm_topic(prefix, gateway), payload, qos=1))
                 self.counters.confirmations += 1
-        # Kept only to give the last ones a moment to leave at shutdown.
-        self._pending_confirms = [i for i in self._pending_confirms if not i.is_published()]
-        self._pending_confirms += infos
+        # The last batch's, to give them a moment to leave at shutdown.
+        self._pending_confirms = infos
 
     def _ack(self, batch: list[Inbound]) -> None:
         assert self._client is not None

@@ -69,6 +69,9 @@ class PostgresSandbox:
     user: str = "homehub"
     port: int = field(default_factory=free_port)
     settings: dict[str, str] = field(default_factory=dict)  # extra `-c name=value`
+    # Where the temporary directory goes (default: the system's); it must be reachable by
+    # `nobody` when run as root, and on a real disk for durability figures (not tmpfs).
+    parent: Path | None = None
     workdir: Path | None = None
     process: subprocess.Popen[bytes] | None = None
     _run_as: str | None = None
@@ -100,7 +103,7 @@ class PostgresSandbox:
 
     def init(self, timeout_s: float = 60.0) -> None:
         """Create the cluster (initdb) in a fresh temporary directory."""
-        self.workdir = Path(tempfile.mkdtemp(prefix="homehub-pg-"))
+        self.workdir = Path(tempfile.mkdtemp(prefix="homehub-pg-", dir=self.parent))
         if os.geteuid() == 0:
             self._run_as = "nobody"
             entry = pwd.getpwnam("nobody")
