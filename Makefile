@@ -10,7 +10,7 @@ help: ## this help
 	@echo "homehub make targets:"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml contract/pyproject.toml scripts/bootstrap.sh
+$(STAMP): pyproject.toml contract/pyproject.toml backend/pyproject.toml scripts/bootstrap.sh
 	bash scripts/bootstrap.sh
 
 install-deps: $(STAMP) ## mosquitto (apt) + .venv with homehub and its dev extras
@@ -21,14 +21,14 @@ demo: $(STAMP) ## run the hub on simulated devices with a private broker; Ctrl-C
 test: $(STAMP) ## run the test suite (real mosquitto on loopback, ~minutes)
 	$(PY) -m pytest -n 2 -q
 
-lint: $(STAMP) ## ruff + mypy strict on gateway/
-	$(VENV)/bin/ruff check gateway contract tests bench
-	$(VENV)/bin/ruff format --check gateway contract tests bench
+lint: $(STAMP) ## ruff + mypy strict on gateway/, contract/, backend/
+	$(VENV)/bin/ruff check gateway contract backend tests bench
+	$(VENV)/bin/ruff format --check gateway contract backend tests bench
 	$(VENV)/bin/mypy
 
 format: $(STAMP) ## apply ruff's formatting and safe fixes
-	$(VENV)/bin/ruff check --fix gateway contract tests bench
-	$(VENV)/bin/ruff format gateway contract tests bench
+	$(VENV)/bin/ruff check --fix gateway contract backend tests bench
+	$(VENV)/bin/ruff format gateway contract backend tests bench
 
 bench: $(STAMP) ## benchmarks (ratios against baselines measured in the same run)
 	$(PY) -m bench

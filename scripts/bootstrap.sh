@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what homehub needs on a fresh Debian/Raspberry Pi OS machine, idempotently:
-# Debian's mosquitto (the demo's and the tests' broker), dbus and python3-dbusmock (the
+# Debian's mosquitto (the demo's and the tests' broker), postgresql (homehub-backend's
+# tests and demo run a private cluster), dbus and python3-dbusmock (the
 # BlueZ tests' private bus and bluetoothd stand-in) and a virtualenv in .venv
 # with homehub and its test/dev extras. Safe to run again; does nothing when done.
 set -euo pipefail
@@ -38,6 +39,11 @@ if ! command -v systemd-analyze >/dev/null; then
     apt_install systemd
 fi
 
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then
+    echo "bootstrap: installing postgresql (homehub-backend's tests run a private cluster)" >&2
+    apt_install postgresql
+fi
+
 if ! command -v dbus-daemon >/dev/null; then
     echo "bootstrap: installing dbus (the BlueZ tests run a private bus)" >&2
     apt_install dbus
@@ -63,10 +69,12 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 stamp="$VENV/.homehub-installed"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ contract/pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ contract/pyproject.toml -nt "$stamp" ] \
+    || [ backend/pyproject.toml -nt "$stamp" ]; then
     echo "bootstrap: installing homehub into $VENV" >&2
     "$VENV/bin/python" -m pip install -q --upgrade pip
-    # homehub-contract (contract/) is not on PyPI: name it in the same command.
-    "$VENV/bin/python" -m pip install -q -e ./contract -e '.[dev]'
+    # homehub-contract (contract/) is not on PyPI: name it in the same command. The backend
+    # (backend/, homehub-backend) goes into the same venv for its tests and the demo.
+    "$VENV/bin/python" -m pip install -q -e ./contract -e '.[dev]' -e ./backend
     touch "$stamp"
 fi
