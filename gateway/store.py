@@ -7,6 +7,11 @@ only after a successful PUBACK. "In flight" is deliberately a memory-only state:
 after a crash or restart every reading not yet marked delivered is simply
 unsent again, and is resent under the same id.
 
+A reading's life (issue 9): stored -> published (`delivered_at`, success PUBACK)
+-> confirmed (`confirmed_at`, the backend says it holds the id). A published
+reading whose confirmation never comes is made unsent again by
+`requeue_unconfirmed`, keeping its seq, id and payload.
+
 Blocking SQLite calls run on one dedicated thread (the connection is confined
 to it); the asyncio side batches concurrent adds into one transaction (group
 commit), so many drivers cost one fsync, not one each.
@@ -15,6 +20,7 @@ commit), so many drivers cost one fsync, not one each.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sqlite3
 import time
@@ -35,7 +41,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SQLITE_FULL = 13
 _SYNC_LEVEL = {"full": 2, "normal": 1}
 _DELETE_BATCH = 500
@@ -49,11 +55,13 @@ CREATE TABLE IF NOT EXISTS readings (
     device_id TEXT NOT NULL,
     payload BLOB NOT NULL,
     received_at REAL NOT NULL,
-    delivered_at REAL
+    delivered_at REAL,
+    confirmed_at REAL
 );
 CREATE INDEX IF NOT EXISTS readings_unsent ON readings(seq) WHERE delivered_at IS NULL;
 CREATE INDEX IF NOT EXISTS readings_delivered ON readings(delivered_at)
     WHERE delivered_at IS NOT NULL;
+%(v2_indexes)s
 CREATE TABLE IF NOT EXISTS devices (
     device_id TEXT PRIMARY KEY,
     last_reading_at REAL NOT NULL
@@ -71,6 +79,37 @@ CREATE TABLE IF NOT EXISTS meta (
     value
 );
 """
+
+# Version 2 (issue 9): published but not yet confirmed, for the status and the requeue.
+_V2_INDEXES = """
+CREATE INDEX IF NOT EXISTS readings_unconfirmed ON readings(delivered_at)
+    WHERE delivered_at IS NOT NULL AND confirmed_at IS NULL;
+"""
+_SCHEMA = _SCHEMA % {"v2_indexes": _V2_INDEXES}
+
+# In-place upgrades, each run in one transaction with the version bump: a crash
+# mid-migration leaves the file at the old version, and the next open redoes it.
+_MIGRATIONS: dict[int, str] = {
+    1: "ALTER TABLE readings ADD COLUMN confirmed_at REAL;" + _V2_INDEXES,
+}
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _statements(script: str) -> list[str]:
+    """Split an SQL script into statements (to run them inside one transaction)."""
+    statements: list[str] = []
+    current = ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    if current.strip():
+        statements.append(current.strip())
+    return statements
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +139,10 @@ class StoreStats:
     dropped: int
     total: int
     devices: dict[str, float] = field(default_factory=dict)
+    # Published (success PUBACK) but not confirmed by the backend (issue 9).
+    unconfirmed: int = 0
+    oldest_unconfirmed_at: float | None = None  # its received_at
+    last_confirmation_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +180,8 @@ class SqliteOutbox:
                 self._db = sqlite3.connect(uri, uri=True, timeout=5.0)
                 self._db.execute("PRAGMA query_only = ON")
                 self._db.execute("SELECT count(*) FROM readings").fetchone()
+                # Read-only never migrates: a version-1 file simply has no confirmations.
+                self._version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
             except sqlite3.DatabaseError as exc:
                 raise StoreError(f"{path}: cannot open store read-only: {exc}") from exc
             self._count = 0
@@ -145,12 +190,47 @@ class SqliteOutbox:
         self._db = sqlite3.connect(path, timeout=5.0, isolation_level=None)
         try:
             self._configure(synchronous, max_page_count)
-            self._db.executescript(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._version = self._migrate()
             self._count = int(self._db.execute("SELECT count(*) FROM readings").fetchone()[0])
         except BaseException:
             self._db.close()
             raise
+
+    def _migrate(self) -> int:
+        """Create a new store at SCHEMA_VERSION, or upgrade an older one in place."""
+        db = self._db
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            # A downgraded hub must not write rows a newer schema would misread.
+            raise StoreError(
+                f"{self.path}: store schema version {version} is newer than this"
+                f" homehub's ({SCHEMA_VERSION}); install a newer homehub"
+            )
+        if version == SCHEMA_VERSION:
+            return version
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            has_readings = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'readings'"
+            ).fetchone()
+            if version == 0 and not has_readings:
+                script = _SCHEMA
+            else:
+                # Version 0 with a readings table: version-1 code set user_version
+                # only after creating the tables, so a crash between left this.
+                script = "".join(_MIGRATIONS[v] for v in range(max(version, 1), SCHEMA_VERSION))
+            # executescript would COMMIT first; run the statements one by one instead.
+            for statement in _statements(script):
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        if version:
+            log.warning("store: schema upgraded from version %d to %d", version, SCHEMA_VERSION)
+        return SCHEMA_VERSION
 
     def _configure(self, synchronous: str, max_page_count: int | None) -> None:
         db = self._db
@@ -273,6 +353,11 @@ class SqliteOutbox:
         excess = self._count + incoming - self.max_readings
         if excess <= 0:
             return 0, 0
+        # Delivered (published) in seq order, confirmed or not: looking for
+        # confirmed rows first would scan the whole table when there are none
+        # (confirm off). With confirm on, the oldest published rows are the
+        # confirmed ones, and a published reading the backend never confirmed
+        # is made unsent again after the timeout, so it is protected below.
         cur = db.execute(
             "DELETE FROM readings WHERE seq IN (SELECT seq FROM readings"
             " WHERE delivered_at IS NOT NULL ORDER BY seq LIMIT ?)",
@@ -317,16 +402,93 @@ class SqliteOutbox:
 
         return self._write(work)
 
-    def purge_delivered(self, older_than: float) -> int:
-        """Delete delivered readings older than `older_than`, in small transactions."""
+    def mark_confirmed(self, ids: Sequence[str], at: float) -> int:
+        """The backend holds these readings (issue 9): set `confirmed_at`.
+
+        By reading id (the payload's `id`), not seq. Unknown and already
+        confirmed ids change nothing. A confirmation can overtake its PUBACK (or
+        follow a requeue), so `delivered_at` is set too where it is still NULL:
+        a confirmed reading is never sent again. Returns how many rows became
+        confirmed.
+        """
+        unique = list(dict.fromkeys(ids))
+
+        def work(db: sqlite3.Connection) -> int:
+            changed = 0
+            for start in range(0, len(unique), _DELETE_BATCH):
+                chunk = unique[start : start + _DELETE_BATCH]
+                marks = ",".join("?" * len(chunk))
+                cur = db.execute(
+                    "UPDATE readings SET confirmed_at = ?,"  # noqa: S608
+                    " delivered_at = coalesce(delivered_at, ?)"
+                    f" WHERE confirmed_at IS NULL AND id IN ({marks})",
+                    (at, at, *chunk),
+                )
+                changed += cur.rowcount
+            if changed:
+                db.execute(
+                    "INSERT INTO meta(key, value) VALUES ('last_confirmation_at', ?)"
+                    " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (at,),
+                )
+            return changed
+
+        if not unique:
+            return 0
+        return self._write(work)
+
+    def requeue_unconfirmed(self, published_before: float) -> int:
+        """Make readings published before `published_before` and not confirmed unsent again.
+
+        They keep their seq, id and payload, so the backend drops the resend if
+        it did get the first one. Their seq is below what an uplink has already
+        read, so the uplink must fetch again from the start (`after_seq=0`).
+        """
+
+        def work(db: sqlite3.Connection) -> int:
+            cur = db.execute(
+                "UPDATE readings SET delivered_at = NULL WHERE seq IN (SELECT seq FROM readings"
+                " WHERE delivered_at IS NOT NULL AND confirmed_at IS NULL AND delivered_at < ?"
+                " LIMIT ?)",
+                (published_before, _DELETE_BATCH),
+            )
+            return int(cur.rowcount)
+
+        # Small transactions, like the purge: a backend away for days leaves up to
+        # max_readings published rows, and one huge transaction means a huge WAL.
+        total = 0
+        while True:
+            changed = self._write(work)
+            total += changed
+            if changed < _DELETE_BATCH:
+                return total
+
+    def purge_delivered(self, older_than: float, *, require_confirmed: bool = False) -> int:
+        """Delete delivered readings older than `older_than`, in small transactions.
+
+        With `require_confirmed` only confirmed readings go, by `confirmed_at` age:
+        with a confirming backend a published reading may still be lost.
+        """
+        if require_confirmed:
+            # delivered_at <= confirmed_at always (mark_confirmed sets a missing
+            # delivered_at, requeue touches only unconfirmed rows), so the
+            # delivered_at index narrows the search without losing a row.
+            where = (
+                "delivered_at IS NOT NULL AND delivered_at < ?"
+                " AND confirmed_at IS NOT NULL AND confirmed_at < ?"
+            )
+            params: tuple[float, ...] = (older_than, older_than)
+        else:
+            where = "delivered_at IS NOT NULL AND delivered_at < ?"
+            params = (older_than,)
         total = 0
         while True:
 
             def work(db: sqlite3.Connection) -> int:
                 cur = db.execute(
-                    "DELETE FROM readings WHERE seq IN (SELECT seq FROM readings"
-                    " WHERE delivered_at IS NOT NULL AND delivered_at < ? LIMIT ?)",
-                    (older_than, _DELETE_BATCH),
+                    "DELETE FROM readings WHERE seq IN (SELECT seq FROM readings"  # noqa: S608
+                    f" WHERE {where} LIMIT ?)",
+                    (*params, _DELETE_BATCH),
                 )
                 return int(cur.rowcount)
 
@@ -385,18 +547,25 @@ class SqliteOutbox:
         unsent, oldest = db.execute(
             "SELECT count(*), min(received_at) FROM readings WHERE delivered_at IS NULL"
         ).fetchone()
+        unconfirmed, oldest_unconfirmed = 0, None
+        if self._version >= 2:
+            unconfirmed, oldest_unconfirmed = db.execute(
+                "SELECT count(*), min(received_at) FROM readings"
+                " WHERE delivered_at IS NOT NULL AND confirmed_at IS NULL"
+            ).fetchone()
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         total = db.execute("SELECT count(*) FROM readings").fetchone()[0]
         devices = {str(d): float(t) for d, t in db.execute("SELECT * FROM devices")}
         return StoreStats(
             unsent=int(unsent),
             oldest_unsent_at=None if oldest is None else float(oldest),
-            last_delivery_at=(
-                None if meta.get("last_delivery_at") is None else float(meta["last_delivery_at"])
-            ),
+            last_delivery_at=_float_or_none(meta.get("last_delivery_at")),
             dropped=int(meta.get("dropped") or 0),
             total=int(total),
             devices=devices,
+            unconfirmed=int(unconfirmed),
+            oldest_unconfirmed_at=None if oldest_unconfirmed is None else float(oldest_unconfirmed),
+            last_confirmation_at=_float_or_none(meta.get("last_confirmation_at")),
         )
 
     def integrity_ok(self) -> bool:
@@ -555,8 +724,21 @@ class Store:
     async def mark_delivered(self, seqs: Sequence[int]) -> int:
         return await self._run(self.outbox.mark_delivered, list(seqs), time.time())
 
-    async def purge_delivered(self, retention_s: float) -> int:
-        return await self._run(self.outbox.purge_delivered, time.time() - retention_s)
+    async def mark_confirmed(self, ids: Sequence[str]) -> int:
+        """The backend confirmed these reading ids; returns how many became confirmed."""
+        return await self._run(self.outbox.mark_confirmed, list(ids), time.time())
+
+    async def requeue_unconfirmed(self, published_before: float) -> int:
+        """Published before `published_before` (time.time()) and unconfirmed: unsent again."""
+        return await self._run(self.outbox.requeue_unconfirmed, published_before)
+
+    async def purge_delivered(self, retention_s: float, *, require_confirmed: bool = False) -> int:
+        older_than = time.time() - retention_s
+        return await self._run(
+            functools.partial(
+                self.outbox.purge_delivered, older_than, require_confirmed=require_confirmed
+            )
+        )
 
     async def get_cursor(self, device_id: str, name: str) -> int | None:
         return await self._run(self.outbox.get_cursor, device_id, name)
