@@ -1,115 +1,29 @@
-"""The durable reading store: an SQLite outbox on the SD card.
-
-Contract (ARCHITECTURE.md, data path step 2): `Store.add` returns only after the
-reading is committed, so a driver acknowledges to its device only what is on
-disk. The uplink reads unsent readings in `seq` order and marks them delivered
-only after a successful PUBACK. "In flight" is deliberately a memory-only state:
-after a crash or restart every reading not yet marked delivered is simply
-unsent again, and is resent under the same id.
-
-A reading's life (issue 9): stored -> published (`delivered_at`, success PUBACK)
--> confirmed (`confirmed_at`, the backend says it holds the id). A published
-reading whose confirmation never comes is made unsent again by
-`requeue_unconfirmed`, keeping its seq, id and payload.
-
-Blocking SQLite calls run on one dedicated thread (the connection is confined
-to it); the asyncio side batches concurrent adds into one transaction (group
-commit), so many drivers cost one fsync, not one each.
-"""
+"""`SqliteOutbox`: the synchronous store core on one SQLite connection (one thread)."""
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
 import sqlite3
-import time
 import urllib.parse
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from gateway.drivers.base import StoredReading
 from gateway.errors import StoreError, StoreFullError
-from gateway.reading import Reading, reading_id
-from gateway.uplink.payload import encode_reading
+from gateway.store.schema import migrate
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gateway.store")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
 SQLITE_FULL = 13
 _SYNC_LEVEL = {"full": 2, "normal": 1}
 _DELETE_BATCH = 500
-DROP_LOG_INTERVAL_S = 60.0
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS readings (
-    -- AUTOINCREMENT: a seq is never reused after deletes, so ordering holds forever.
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    device_id TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    received_at REAL NOT NULL,
-    delivered_at REAL,
-    confirmed_at REAL
-);
-CREATE INDEX IF NOT EXISTS readings_unsent ON readings(seq) WHERE delivered_at IS NULL;
-CREATE INDEX IF NOT EXISTS readings_delivered ON readings(delivered_at)
-    WHERE delivered_at IS NOT NULL;
-%(v2_indexes)s
-CREATE TABLE IF NOT EXISTS devices (
-    device_id TEXT PRIMARY KEY,
-    last_reading_at REAL NOT NULL
-);
--- Per-device cursors (e.g. a glucose meter's last stored record sequence number).
-CREATE TABLE IF NOT EXISTS device_cursors (
-    device_id TEXT NOT NULL,
-    name TEXT NOT NULL,
-    value INTEGER NOT NULL,
-    updated_at REAL NOT NULL,
-    PRIMARY KEY (device_id, name)
-);
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value
-);
-"""
-
-# Version 2 (issue 9): published but not yet confirmed, for the status and the requeue.
-_V2_INDEXES = """
-CREATE INDEX IF NOT EXISTS readings_unconfirmed ON readings(delivered_at)
-    WHERE delivered_at IS NOT NULL AND confirmed_at IS NULL;
-"""
-_SCHEMA = _SCHEMA % {"v2_indexes": _V2_INDEXES}
-
-# In-place upgrades, each run in one transaction with the version bump: a crash
-# mid-migration leaves the file at the old version, and the next open redoes it.
-_MIGRATIONS: dict[int, str] = {
-    1: "ALTER TABLE readings ADD COLUMN confirmed_at REAL;" + _V2_INDEXES,
-}
 
 
 def _float_or_none(value: Any) -> float | None:
     return None if value is None else float(value)
-
-
-def _statements(script: str) -> list[str]:
-    """Split an SQL script into statements (to run them inside one transaction)."""
-    statements: list[str] = []
-    current = ""
-    for line in script.splitlines(keepends=True):
-        current += line
-        if sqlite3.complete_statement(current):
-            statements.append(current.strip())
-            current = ""
-    if current.strip():
-        statements.append(current.strip())
-    return statements
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,47 +104,11 @@ class SqliteOutbox:
         self._db = sqlite3.connect(path, timeout=5.0, isolation_level=None)
         try:
             self._configure(synchronous, max_page_count)
-            self._version = self._migrate()
+            self._version = migrate(self._db, path)
             self._count = int(self._db.execute("SELECT count(*) FROM readings").fetchone()[0])
         except BaseException:
             self._db.close()
             raise
-
-    def _migrate(self) -> int:
-        """Create a new store at SCHEMA_VERSION, or upgrade an older one in place."""
-        db = self._db
-        version = int(db.execute("PRAGMA user_version").fetchone()[0])
-        if version > SCHEMA_VERSION:
-            # A downgraded hub must not write rows a newer schema would misread.
-            raise StoreError(
-                f"{self.path}: store schema version {version} is newer than this"
-                f" homehub's ({SCHEMA_VERSION}); install a newer homehub"
-            )
-        if version == SCHEMA_VERSION:
-            return version
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            has_readings = db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'readings'"
-            ).fetchone()
-            if version == 0 and not has_readings:
-                script = _SCHEMA
-            else:
-                # Version 0 with a readings table: version-1 code set user_version
-                # only after creating the tables, so a crash between left this.
-                script = "".join(_MIGRATIONS[v] for v in range(max(version, 1), SCHEMA_VERSION))
-            # executescript would COMMIT first; run the statements one by one instead.
-            for statement in _statements(script):
-                db.execute(statement)
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        if version:
-            log.warning("store: schema upgraded from version %d to %d", version, SCHEMA_VERSION)
-        return SCHEMA_VERSION
 
     def _configure(self, synchronous: str, max_page_count: int | None) -> None:
         db = self._db
@@ -573,199 +451,3 @@ class SqliteOutbox:
 
     def close(self) -> None:
         self._db.close()
-
-
-class Store:
-    """The asyncio face of the store: every call runs on the store's own thread."""
-
-    def __init__(
-        self,
-        outbox_factory: Callable[[], SqliteOutbox],
-        *,
-        gateway_id: str,
-        on_dropped: Callable[[int], None] | None = None,
-        on_committed: Callable[[], None] | None = None,
-    ) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="homehub-store")
-        self._factory = outbox_factory
-        self._outbox: SqliteOutbox | None = None
-        self._gateway_id = gateway_id
-        self._on_dropped = on_dropped
-        # Told after every commit that added readings, whoever was waiting for
-        # it: a driver cancelled mid-emit still gets its reading published.
-        self._on_committed = on_committed
-        self._drop_logged_at = -DROP_LOG_INTERVAL_S
-        self._dropped_unlogged = 0
-        self._pending: list[tuple[NewRow, asyncio.Future[StoredReading]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-        self.disk_full = False
-        self.dropped_since_start = 0
-
-    @classmethod
-    async def open(
-        cls,
-        path: Path,
-        *,
-        gateway_id: str,
-        synchronous: Literal["full", "normal"] = "full",
-        max_readings: int = 500_000,
-        max_page_count: int | None = None,
-        on_dropped: Callable[[int], None] | None = None,
-        on_committed: Callable[[], None] | None = None,
-    ) -> Store:
-        store = cls(
-            lambda: SqliteOutbox(
-                path,
-                synchronous=synchronous,
-                max_readings=max_readings,
-                max_page_count=max_page_count,
-            ),
-            gateway_id=gateway_id,
-            on_dropped=on_dropped,
-            on_committed=on_committed,
-        )
-        try:
-            store._outbox = await store._run(store._factory)
-        except sqlite3.DatabaseError as exc:
-            store._executor.shutdown(wait=False)
-            raise StoreError(f"{path}: cannot open store: {exc}") from exc
-        except BaseException:
-            store._executor.shutdown(wait=False)
-            raise
-        return store
-
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
-
-    @property
-    def outbox(self) -> SqliteOutbox:
-        if self._outbox is None:
-            raise StoreError("store is closed")
-        return self._outbox
-
-    async def add(self, reading: Reading, received_at: datetime) -> StoredReading:
-        """Commit one reading; return its stable id once it is on disk.
-
-        Raises StoreFullError when the disk is full (the reading is NOT stored,
-        so the driver must not acknowledge it to its device).
-        """
-        rid = reading_id(self._gateway_id, reading)
-        row = NewRow(
-            id=rid,
-            device_id=reading.device_id,
-            payload=encode_reading(
-                reading, reading_id=rid, gateway_id=self._gateway_id, received_at=received_at
-            ),
-            received_at=received_at.timestamp(),
-        )
-        future: asyncio.Future[StoredReading] = asyncio.get_running_loop().create_future()
-        self._pending.append((row, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name="store-flush")
-        return await future
-
-    async def _flush(self) -> None:
-        # Group commit: everything that arrived while the last fsync ran goes
-        # into the next transaction together.
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                report = await self._run(self.outbox.add_many, [row for row, _ in batch])
-            except StoreFullError as exc:
-                if not self.disk_full:
-                    log.error("store: disk full, readings cannot be stored: %s", exc)
-                self.disk_full = True
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            except Exception as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            if self.disk_full:
-                log.warning("store: writing again after a full disk")
-            self.disk_full = False
-            # Answer the waiting drivers first: nothing below may leave them hanging.
-            for (row, future), result in zip(batch, report.results, strict=True):
-                if not future.done():
-                    future.set_result(StoredReading(row.id, result.seq, result.duplicate))
-            if self._on_committed is not None and not all(r.duplicate for r in report.results):
-                try:
-                    self._on_committed()
-                except Exception:
-                    log.exception("store: on_committed callback failed")
-            if report.dropped_now:
-                self.dropped_since_start += report.dropped_now
-                self._dropped_unlogged += report.dropped_now
-                # Loud, but not a flood: offline at the bound, every new reading
-                # drops one; say so at once, then at most once a minute.
-                now = time.monotonic()
-                if now - self._drop_logged_at >= DROP_LOG_INTERVAL_S:
-                    log.error(
-                        "store: bound of %d readings reached; dropped the %d oldest unsent",
-                        self.outbox.max_readings,
-                        self._dropped_unlogged,
-                    )
-                    self._drop_logged_at, self._dropped_unlogged = now, 0
-                if self._on_dropped is not None:
-                    try:
-                        self._on_dropped(report.dropped_now)
-                    except Exception:
-                        log.exception("store: on_dropped callback failed")
-
-    async def fetch_unsent(
-        self, after_seq: int, limit: int, skip_devices: Sequence[str] = ()
-    ) -> list[OutboxRow]:
-        return await self._run(self.outbox.fetch_unsent, after_seq, limit, tuple(skip_devices))
-
-    async def mark_delivered(self, seqs: Sequence[int]) -> int:
-        return await self._run(self.outbox.mark_delivered, list(seqs), time.time())
-
-    async def mark_confirmed(self, ids: Sequence[str]) -> int:
-        """The backend confirmed these reading ids; returns how many became confirmed."""
-        return await self._run(self.outbox.mark_confirmed, list(ids), time.time())
-
-    async def requeue_unconfirmed(self, published_before: float) -> int:
-        """Published before `published_before` (time.time()) and unconfirmed: unsent again."""
-        return await self._run(self.outbox.requeue_unconfirmed, published_before)
-
-    async def purge_delivered(self, retention_s: float, *, require_confirmed: bool = False) -> int:
-        older_than = time.time() - retention_s
-        return await self._run(
-            functools.partial(
-                self.outbox.purge_delivered, older_than, require_confirmed=require_confirmed
-            )
-        )
-
-    async def get_cursor(self, device_id: str, name: str) -> int | None:
-        return await self._run(self.outbox.get_cursor, device_id, name)
-
-    async def set_cursor(self, device_id: str, name: str, value: int) -> None:
-        """Commit a cursor. Runs after every add queued before it (one store thread)."""
-        if self._flusher is not None and not self._flusher.done():
-            await asyncio.shield(self._flusher)
-        await self._run(self.outbox.set_cursor, device_id, name, value, time.time())
-
-    async def checkpoint(self) -> None:
-        await self._run(self.outbox.checkpoint)
-
-    async def ping(self) -> None:
-        """Round trip through the store's thread and SQLite: is the store alive?"""
-        await self._run(self.outbox.ping)
-
-    async def stats(self) -> StoreStats:
-        return await self._run(self.outbox.stats)
-
-    async def set_max_page_count(self, pages: int) -> int:
-        return await self._run(self.outbox.set_max_page_count, pages)
-
-    async def close(self) -> None:
-        if self._flusher is not None:
-            await asyncio.shield(self._flusher)
-        if self._outbox is not None:
-            outbox, self._outbox = self._outbox, None
-            await asyncio.get_running_loop().run_in_executor(self._executor, outbox.close)
-        self._executor.shutdown(wait=True)
