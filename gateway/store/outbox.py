@@ -2,24 +2,60 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import sqlite3
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
-from gateway.errors import StoreError, StoreFullError
+from gateway.errors import StoreCorruptError, StoreError, StoreFullError
+from gateway.store.salvage import Recovery
 from gateway.store.schema import migrate
 
 log = logging.getLogger("gateway.store")
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
+# SQLite primary result codes (https://www.sqlite.org/rescode.html).
+SQLITE_CORRUPT = 11
 SQLITE_FULL = 13
+SQLITE_NOTADB = 26
 _SYNC_LEVEL = {"full": 2, "normal": 1}
 _DELETE_BATCH = 500
+
+
+def store_error(path: Path, exc: sqlite3.Error) -> StoreError:
+    """The store's own error for an sqlite3 one, naming the file (issue 11).
+
+    Extended result codes carry the primary code in their low byte.
+    """
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = None if code is None else code & 0xFF
+    if primary == SQLITE_FULL:
+        return StoreFullError(f"{path}: disk full: {exc}")
+    if primary in (SQLITE_CORRUPT, SQLITE_NOTADB):
+        return StoreCorruptError(f"{path}: store file damaged: {exc}")
+    return StoreError(f"{path}: {exc}")
+
+
+def _mapped(
+    method: Callable[Concatenate[SqliteOutbox, P], T],
+) -> Callable[Concatenate[SqliteOutbox, P], T]:
+    """No bare sqlite3 error leaves the outbox: callers see StoreError and the file."""
+
+    @functools.wraps(method)
+    def wrapper(self: SqliteOutbox, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise store_error(self.path, exc) from exc
+
+    return wrapper
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -57,6 +93,8 @@ class StoreStats:
     unconfirmed: int = 0
     oldest_unconfirmed_at: float | None = None  # its received_at
     last_confirmation_at: float | None = None
+    # The last salvage of a damaged file (issue 11), kept in meta across restarts.
+    recovery: Recovery | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +120,13 @@ class SqliteOutbox:
         max_readings: int = 500_000,
         read_only: bool = False,
         max_page_count: int | None = None,
+        check: bool = True,
     ) -> None:
+        """Open (creating or upgrading) the store at `path`.
+
+        `check` runs SQLite's quick_check first: a damaged file raises
+        StoreCorruptError here, at start, instead of on some later read.
+        """
         self.path = path
         self.max_readings = max_readings
         self.read_only = read_only
@@ -96,16 +140,29 @@ class SqliteOutbox:
                 self._db.execute("SELECT count(*) FROM readings").fetchone()
                 # Read-only never migrates: a version-1 file simply has no confirmations.
                 self._version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
-            except sqlite3.DatabaseError as exc:
+            except sqlite3.Error as exc:
                 raise StoreError(f"{path}: cannot open store read-only: {exc}") from exc
             self._count = 0
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, timeout=5.0, isolation_level=None)
+        try:
+            self._db = sqlite3.connect(path, timeout=5.0, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise store_error(path, exc) from exc
         try:
             self._configure(synchronous, max_page_count)
+            if check:
+                problems = self.quick_check()
+                if problems:
+                    raise StoreCorruptError(
+                        f"{path}: store file damaged: quick_check found {len(problems)}"
+                        f" problem(s), first: {problems[0]}"
+                    )
             self._version = migrate(self._db, path)
             self._count = int(self._db.execute("SELECT count(*) FROM readings").fetchone()[0])
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise store_error(path, exc) from exc
         except BaseException:
             self._db.close()
             raise
@@ -132,11 +189,13 @@ class SqliteOutbox:
                 f"{self.path}: SQLite refused the pragmas: wanted {wanted}, got {actual}"
             )
 
+    @_mapped
     def pragmas(self) -> dict[str, Any]:
         """The durability pragmas as SQLite reports them on this connection."""
         names = ("journal_mode", "synchronous", "secure_delete")
         return {name: self._db.execute(f"PRAGMA {name}").fetchone()[0] for name in names}
 
+    @_mapped
     def set_max_page_count(self, pages: int) -> int:
         """Change the page limit ("disk full" on demand); returns the limit now in force."""
         return int(self._db.execute(f"PRAGMA max_page_count = {int(pages)}").fetchone()[0])
@@ -155,14 +214,12 @@ class SqliteOutbox:
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
-                    db.execute("ROLLBACK")
+                    # A damaged file may refuse even this; the first error is the one to report.
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
                 raise
-        except sqlite3.OperationalError as exc:
-            if getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL:
-                raise StoreFullError(f"{self.path}: disk full: {exc}") from exc
-            raise StoreError(f"{self.path}: {exc}") from exc
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise store_error(self.path, exc) from exc
         return result
 
     def add_many(self, rows: Sequence[NewRow]) -> AddReport:
@@ -387,21 +444,69 @@ class SqliteOutbox:
 
         self._write(work)
 
+    @_mapped
     def get_cursor(self, device_id: str, name: str) -> int | None:
         row = self._db.execute(
             "SELECT value FROM device_cursors WHERE device_id = ? AND name = ?", (device_id, name)
         ).fetchone()
         return None if row is None else int(row[0])
 
-    def ping(self) -> None:
-        self._db.execute("SELECT 1").fetchone()
+    def probe_space(self) -> None:
+        """A small real write (8 KiB in, then out): raises StoreFullError while the disk is full."""
 
+        def work(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('space_probe', zeroblob(8192))"
+            )
+            db.execute("DELETE FROM meta WHERE key = 'space_probe'")
+
+        self._write(work)
+
+    @_mapped
+    def ping(self) -> None:
+        """A real read: the schema, the head of the unsent queue and its row (issue 11).
+
+        `SELECT 1` answers even when every reading is unreadable; this touches
+        what the uplink reads next, so a damaged store fails the watchdog.
+        """
+        db = self._db
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        db.execute(
+            "SELECT seq, length(id), length(payload) FROM readings"
+            " WHERE delivered_at IS NULL ORDER BY seq LIMIT 1"
+        ).fetchone()
+        db.execute("SELECT count(*) FROM meta").fetchone()
+
+    @_mapped
+    def check_step(self, after_seq: int, limit: int) -> int:
+        """Read `limit` rows after `after_seq` (a rolling check); returns where to go on (0: wrap).
+
+        The cheap periodic check: over successive calls every row of the table
+        is read once (not its overflow pages), plus the unsent index, which is
+        what the uplink reads. quick_check reads the whole file at once; this
+        spreads it out.
+        """
+        db = self._db
+        db.execute(
+            "SELECT count(*) FROM (SELECT seq FROM readings WHERE delivered_at IS NULL"
+            " ORDER BY seq LIMIT ?)",
+            (limit,),
+        ).fetchone()
+        rows = db.execute(
+            "SELECT seq, length(id), length(device_id), received_at FROM readings"
+            " WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        ).fetchall()
+        return int(rows[-1][0]) if len(rows) == limit else 0
+
+    @_mapped
     def checkpoint(self) -> None:
         """Copy the WAL into the database file (and fsync it): the NORMAL-mode safety net."""
         self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     # -- reading ---------------------------------------------------------------
 
+    @_mapped
     def fetch_unsent(
         self, after_seq: int, limit: int, skip_devices: Sequence[str] = ()
     ) -> list[OutboxRow]:
@@ -420,6 +525,7 @@ class SqliteOutbox:
             for s, i, d, p, r in self._db.execute(sql, params)
         ]
 
+    @_mapped
     def stats(self) -> StoreStats:
         db = self._db
         unsent, oldest = db.execute(
@@ -444,10 +550,18 @@ class SqliteOutbox:
             unconfirmed=int(unconfirmed),
             oldest_unconfirmed_at=None if oldest_unconfirmed is None else float(oldest_unconfirmed),
             last_confirmation_at=_float_or_none(meta.get("last_confirmation_at")),
+            recovery=Recovery.from_meta(meta.get("recovery")),
         )
 
+    def quick_check(self) -> list[str]:
+        """SQLite's quick_check: the problems found (empty: sound). Reads the whole file."""
+        rows = [str(r[0]) for r in self._db.execute("PRAGMA quick_check(20)")]
+        return [] if rows == ["ok"] else rows
+
+    @_mapped
     def integrity_ok(self) -> bool:
-        return bool(self._db.execute("PRAGMA quick_check").fetchone()[0] == "ok")
+        return not self.quick_check()
 
     def close(self) -> None:
-        self._db.close()
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
