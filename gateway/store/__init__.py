@@ -27,6 +27,7 @@ from gateway.store.outbox import (
     SqliteOutbox,
     StoreStats,
 )
+from gateway.store.salvage import Recovery
 from gateway.store.schema import SCHEMA_VERSION
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "AddResult",
     "NewRow",
     "OutboxRow",
+    "Recovery",
     "SqliteOutbox",
     "Store",
     "StoreStats",
