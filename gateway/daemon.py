@@ -25,7 +25,7 @@ from gateway.config import HubConfig
 from gateway.drivers.base import DriverContext, DriverOptions, StoredReading
 from gateway.drivers.ble.runtime import BleRuntime
 from gateway.drivers.registry import DriverRegistry
-from gateway.errors import DriverError, StoreFullError
+from gateway.errors import DriverError, StoreError, StoreFullError
 from gateway.events import (
     ClockOk,
     ClockWrong,
@@ -39,6 +39,7 @@ from gateway.events import (
     ReadingDelivered,
     ReadingsDropped,
     ReadingStored,
+    StoreRecovered,
     UplinkDown,
     UplinkUp,
 )
@@ -46,7 +47,7 @@ from gateway.panel import Panel, create_panel
 from gateway.reading import Reading
 from gateway.sdnotify import SystemdNotifier
 from gateway.status import DeviceStatus, StatusTracker
-from gateway.store import Store
+from gateway.store import Recovery, Store
 from gateway.uplink.mqtt import MqttUplink
 from gateway.uplink.payload import encode_status
 from gateway.windows import CommandWindow
@@ -177,6 +178,7 @@ class Hub:
             max_page_count=self._max_page_count,
             on_dropped=self._on_dropped,
             on_committed=self._on_committed,
+            on_recovered=self._on_recovered,
         )
         self.store = store
         self.events.subscribe(self._track_uplink)
@@ -451,6 +453,14 @@ class Hub:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if self.store is not None and _disk_full(exc):
+                    # Not the driver's fault (issue 11): restart it as soon as the store
+                    # can write again (tried every second), not after a growing backoff.
+                    # The store logged the full disk once; no ERROR per attempt here.
+                    device.restarts += 1
+                    log.debug("device %s: waiting for space to store readings", options.id)
+                    await self.store.wait_writable()
+                    continue
                 if time.monotonic() - started >= DRIVER_STABLE_S:
                     backoff.reset()
                 delay = backoff.next_delay()
@@ -478,6 +488,12 @@ class Hub:
             return
 
     # -- status and housekeeping ---------------------------------------------------
+
+    def _on_recovered(self, recovery: Recovery) -> None:
+        # Loud (issue 11): the store logged at ERROR; the status says so
+        # (store.recovered) and the panel asks for help until a reading goes through.
+        self.events.publish(StoreRecovered(recovery.salvaged, recovery.unreadable))
+        self._status_changed()
 
     def _on_dropped(self, count: int) -> None:
         self.status.store_full = True
@@ -537,6 +553,16 @@ class Hub:
                         log.info("store: purged %d delivered readings", purged)
                 if store_cfg.synchronous == "normal":
                     await self.store.checkpoint()
+                # A slice of the rolling integrity check each round (issue 11).
+                await self.store.check()
+            except StoreError as exc:
+                # Already explained by the store; a traceback a minute says nothing more.
+                log.error("store housekeeping failed (%s); will try again", exc)
             except Exception:
                 log.exception("store housekeeping failed; will try again")
             await asyncio.sleep(interval)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """A driver failed because the store could not write (it may wrap the error)."""
+    return isinstance(exc, StoreFullError) or isinstance(exc.__cause__, StoreFullError)

@@ -25,6 +25,13 @@ class StoreFullError(StoreError):
     """The disk (or the configured page limit) is full: the reading was NOT stored."""
 
 
+class StoreCorruptError(StoreError):
+    """SQLite found the store file damaged (SQLITE_CORRUPT, SQLITE_NOTADB, a failed check).
+
+    The asyncio `Store` answers it by salvaging what it can into a fresh file.
+    """
+
+
 class DriverError(GatewayError):
     """A driver failed; the supervisor restarts it with backoff."""
 

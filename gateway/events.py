@@ -80,6 +80,17 @@ class DiskOk(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class StoreRecovered(Event):
+    """The store file was damaged and salvaged into a fresh one (issue 11).
+
+    The panel shows "needs help" until a reading goes all the way again.
+    """
+
+    salvaged: int
+    unreadable: int
+
+
+@dataclass(frozen=True, slots=True)
 class HubStarted(Event):
     """The daemon is up: store open, uplink and drivers started."""
 

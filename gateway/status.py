@@ -21,6 +21,20 @@ def iso_utc(ts: float | None) -> str | None:
     return None if ts is None else utc_iso_ms(datetime.fromtimestamp(ts, UTC))
 
 
+def _recovery(stats: StoreStats) -> dict[str, Any] | None:
+    """The last salvage of a damaged store file (kept in the store across restarts)."""
+    r = stats.recovery
+    if r is None:
+        return None
+    return {
+        "at": iso_utc(r.at),
+        "salvaged": r.salvaged,
+        "unsent": r.unsent,
+        "unreadable": r.unreadable,
+        "quarantined": r.quarantined,
+    }
+
+
 @dataclass(slots=True)
 class DeviceStatus:
     driver: str
@@ -67,6 +81,7 @@ class StatusTracker:
                 "dropped": stats.dropped,
                 "full": self.store_full,
                 "disk_full": self.disk_full,
+                "recovered": _recovery(stats),
             },
             "devices": {
                 device_id: {

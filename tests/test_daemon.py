@@ -20,6 +20,7 @@ from gateway.events import (
     DeviceFailing,
     DeviceRecovered,
     DiskFull,
+    DiskOk,
     Event,
     EventBus,
     ReadingsDropped,
@@ -116,8 +117,7 @@ async def test_full_disk_keeps_the_daemon_alive_and_the_file_sound(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr("gateway.daemon.DRIVER_BACKOFF_INITIAL_S", 0.05)
-    monkeypatch.setattr("gateway.daemon.DRIVER_BACKOFF_MAX_S", 0.2)
+    # Default backoffs: the restart after space comes back must not wait for them.
     registry = DriverRegistry.from_entry_points()
     path = write_config(
         tmp_path / "hub.toml",
@@ -134,10 +134,17 @@ async def test_full_disk_keeps_the_daemon_alive_and_the_file_sound(
     try:
         with caplog.at_level(logging.ERROR):
             await collect_until(queue, DiskFull, 20)
-            await collect_until(queue, DeviceFailing, 5)
         assert hub.status.disk_full
         assert not task.done(), "the daemon died of a full disk"
         assert any("disk full" in r.getMessage() for r in caplog.records)
+        # Space again (issue 11): storing resumes within seconds, not after the
+        # driver's restart backoff (up to 120 s without the patch above).
+        assert hub.store is not None
+        await hub.store.set_max_page_count(100_000)
+        freed = time.monotonic()
+        await collect_until(queue, DiskOk, 5)
+        await collect_until(queue, ReadingStored, 5)
+        assert time.monotonic() - freed < 5 and not hub.status.disk_full
     finally:
         hub.stop()
         await asyncio.wait_for(task, 6)

@@ -308,7 +308,7 @@ def test_status_document_validates() -> None:
     STATUS_V.validate(doc)
     assert doc["schema"] == STATUS_SCHEMA and doc["state"] == "online"
     assert doc["oldest_unsent_age_s"] == 12.5
-    assert doc["store"] == {"dropped": 2, "full": False, "disk_full": False}
+    assert doc["store"] == {"dropped": 2, "full": False, "disk_full": False, "recovered": None}
     assert doc["devices"]["bp-1"]["last_reading_at"].endswith("Z")
     assert doc["devices"]["oxi-1"]["last_reading_at"] is None
     assert doc["devices"]["oxi-1"]["restarts"] == 3

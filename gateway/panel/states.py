@@ -42,6 +42,7 @@ from gateway.events import (
     ReadingDelivered,
     ReadingsDropped,
     ReadingStored,
+    StoreRecovered,
     UplinkDown,
     UplinkUp,
     WindowClosed,
@@ -95,6 +96,7 @@ class PanelStateMachine:
         self.dropping = False
         self.refused = False
         self.disk_full = False
+        self.store_damaged = False  # salvaged from a damaged file; until a delivery
         self.button_stuck = False
         self.clock_wrong = False
         self.latest: _Latest | None = None
@@ -113,6 +115,8 @@ class PanelStateMachine:
             case ReadingDelivered(reading_id=rid):
                 self.dropping = False
                 self.refused = False
+                # A reading went all the way after a salvage: the store works again.
+                self.store_damaged = False
                 if self.latest is not None and self.latest.reading_id == rid:
                     self.latest.delivered_at = now
             case PublishRefused(device_id=device):
@@ -136,6 +140,8 @@ class PanelStateMachine:
                 self.disk_full = True
             case DiskOk():
                 self.disk_full = False
+            case StoreRecovered():
+                self.store_damaged = True
             case ButtonStuck():
                 self.button_stuck = True
             case ButtonReleased():
@@ -175,6 +181,7 @@ class PanelStateMachine:
         return (
             self.dropping
             or self.refused
+            or self.store_damaged
             or (self.latest is not None and self.latest.reading_id == reading_id)
         )
 
@@ -187,6 +194,8 @@ class PanelStateMachine:
         ]
         if self.disk_full:
             reasons.append("disk full")
+        if self.store_damaged:
+            reasons.append("store damaged, salvaged")
         if self.dropping:
             reasons.append("store full, dropping readings")
         if self.refused:
