@@ -57,7 +57,8 @@ class PublishRefused(Event):
 
 @dataclass(frozen=True, slots=True)
 class UplinkUp(Event):
-    pass
+    #: `[mqtt] confirm = true`: "sent" waits for ReadingsConfirmed, not the PUBACK.
+    confirming: bool = False
 
 
 @dataclass(frozen=True, slots=True)

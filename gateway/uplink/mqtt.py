@@ -481,7 +481,7 @@ class MqttUplink:
             )
             session.client.subscribe([(topic, options) for topic in self._inbox.topics])
         self.connected.set()
-        self._events.publish(UplinkUp())
+        self._events.publish(UplinkUp(confirming=self._settings.confirm))
         self._status_wanted.set()
         session.tasks = [
             asyncio.create_task(self._guarded(session, self._pump), name="mqtt-pump"),
