@@ -23,7 +23,7 @@ from gateway import mdc
 from gateway.errors import StoreError, StoreFullError
 from gateway.mdc import Ucum
 from gateway.reading import Kind, Reading, Value
-from gateway.store import AddReport, NewRow, SqliteOutbox, Store
+from gateway.store import SCHEMA_VERSION, AddReport, NewRow, SqliteOutbox, Store
 
 GATEWAY = "hub-test"
 TIMEOUT_S = 20.0
@@ -90,7 +90,7 @@ def test_pragmas_on_a_real_file(tmp_path: Path, synchronous: str, level: int) ->
     db = sqlite3.connect(path)
     try:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     finally:
         db.close()
     assert path.read_bytes()[18:20] == b"\x02\x02"  # file header: WAL read/write versions

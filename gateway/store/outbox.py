@@ -1,76 +1,29 @@
-"""The durable reading store: an SQLite outbox on the SD card.
-
-Contract (ARCHITECTURE.md, data path step 2): `Store.add` returns only after the
-reading is committed, so a driver acknowledges to its device only what is on
-disk. The uplink reads unsent readings in `seq` order and marks them delivered
-only after a successful PUBACK. "In flight" is deliberately a memory-only state:
-after a crash or restart every reading not yet marked delivered is simply
-unsent again, and is resent under the same id.
-
-Blocking SQLite calls run on one dedicated thread (the connection is confined
-to it); the asyncio side batches concurrent adds into one transaction (group
-commit), so many drivers cost one fsync, not one each.
-"""
+"""`SqliteOutbox`: the synchronous store core on one SQLite connection (one thread)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sqlite3
-import time
 import urllib.parse
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from gateway.drivers.base import StoredReading
 from gateway.errors import StoreError, StoreFullError
-from gateway.reading import Reading, reading_id
-from gateway.uplink.payload import encode_reading
+from gateway.store.schema import migrate
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gateway.store")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
 SQLITE_FULL = 13
 _SYNC_LEVEL = {"full": 2, "normal": 1}
 _DELETE_BATCH = 500
-DROP_LOG_INTERVAL_S = 60.0
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS readings (
-    -- AUTOINCREMENT: a seq is never reused after deletes, so ordering holds forever.
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    device_id TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    received_at REAL NOT NULL,
-    delivered_at REAL
-);
-CREATE INDEX IF NOT EXISTS readings_unsent ON readings(seq) WHERE delivered_at IS NULL;
-CREATE INDEX IF NOT EXISTS readings_delivered ON readings(delivered_at)
-    WHERE delivered_at IS NOT NULL;
-CREATE TABLE IF NOT EXISTS devices (
-    device_id TEXT PRIMARY KEY,
-    last_reading_at REAL NOT NULL
-);
--- Per-device cursors (e.g. a glucose meter's last stored record sequence number).
-CREATE TABLE IF NOT EXISTS device_cursors (
-    device_id TEXT NOT NULL,
-    name TEXT NOT NULL,
-    value INTEGER NOT NULL,
-    updated_at REAL NOT NULL,
-    PRIMARY KEY (device_id, name)
-);
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value
-);
-"""
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +53,10 @@ class StoreStats:
     dropped: int
     total: int
     devices: dict[str, float] = field(default_factory=dict)
+    # Published (success PUBACK) but not confirmed by the backend (issue 9).
+    unconfirmed: int = 0
+    oldest_unconfirmed_at: float | None = None  # its received_at
+    last_confirmation_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +94,8 @@ class SqliteOutbox:
                 self._db = sqlite3.connect(uri, uri=True, timeout=5.0)
                 self._db.execute("PRAGMA query_only = ON")
                 self._db.execute("SELECT count(*) FROM readings").fetchone()
+                # Read-only never migrates: a version-1 file simply has no confirmations.
+                self._version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
             except sqlite3.DatabaseError as exc:
                 raise StoreError(f"{path}: cannot open store read-only: {exc}") from exc
             self._count = 0
@@ -145,8 +104,7 @@ class SqliteOutbox:
         self._db = sqlite3.connect(path, timeout=5.0, isolation_level=None)
         try:
             self._configure(synchronous, max_page_count)
-            self._db.executescript(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._version = migrate(self._db, path)
             self._count = int(self._db.execute("SELECT count(*) FROM readings").fetchone()[0])
         except BaseException:
             self._db.close()
@@ -273,6 +231,11 @@ class SqliteOutbox:
         excess = self._count + incoming - self.max_readings
         if excess <= 0:
             return 0, 0
+        # Delivered (published) in seq order, confirmed or not: looking for
+        # confirmed rows first would scan the whole table when there are none
+        # (confirm off). With confirm on, the oldest published rows are the
+        # confirmed ones, and a published reading the backend never confirmed
+        # is made unsent again after the timeout, so it is protected below.
         cur = db.execute(
             "DELETE FROM readings WHERE seq IN (SELECT seq FROM readings"
             " WHERE delivered_at IS NOT NULL ORDER BY seq LIMIT ?)",
@@ -317,16 +280,93 @@ class SqliteOutbox:
 
         return self._write(work)
 
-    def purge_delivered(self, older_than: float) -> int:
-        """Delete delivered readings older than `older_than`, in small transactions."""
+    def mark_confirmed(self, ids: Sequence[str], at: float) -> int:
+        """The backend holds these readings (issue 9): set `confirmed_at`.
+
+        By reading id (the payload's `id`), not seq. Unknown and already
+        confirmed ids change nothing. A confirmation can overtake its PUBACK (or
+        follow a requeue), so `delivered_at` is set too where it is still NULL:
+        a confirmed reading is never sent again. Returns how many rows became
+        confirmed.
+        """
+        unique = list(dict.fromkeys(ids))
+
+        def work(db: sqlite3.Connection) -> int:
+            changed = 0
+            for start in range(0, len(unique), _DELETE_BATCH):
+                chunk = unique[start : start + _DELETE_BATCH]
+                marks = ",".join("?" * len(chunk))
+                cur = db.execute(
+                    "UPDATE readings SET confirmed_at = ?,"  # noqa: S608
+                    " delivered_at = coalesce(delivered_at, ?)"
+                    f" WHERE confirmed_at IS NULL AND id IN ({marks})",
+                    (at, at, *chunk),
+                )
+                changed += cur.rowcount
+            if changed:
+                db.execute(
+                    "INSERT INTO meta(key, value) VALUES ('last_confirmation_at', ?)"
+                    " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (at,),
+                )
+            return changed
+
+        if not unique:
+            return 0
+        return self._write(work)
+
+    def requeue_unconfirmed(self, published_before: float) -> int:
+        """Make readings published before `published_before` and not confirmed unsent again.
+
+        They keep their seq, id and payload, so the backend drops the resend if
+        it did get the first one. Their seq is below what an uplink has already
+        read, so the uplink must fetch again from the start (`after_seq=0`).
+        """
+
+        def work(db: sqlite3.Connection) -> int:
+            cur = db.execute(
+                "UPDATE readings SET delivered_at = NULL WHERE seq IN (SELECT seq FROM readings"
+                " WHERE delivered_at IS NOT NULL AND confirmed_at IS NULL AND delivered_at < ?"
+                " LIMIT ?)",
+                (published_before, _DELETE_BATCH),
+            )
+            return int(cur.rowcount)
+
+        # Small transactions, like the purge: a backend away for days leaves up to
+        # max_readings published rows, and one huge transaction means a huge WAL.
+        total = 0
+        while True:
+            changed = self._write(work)
+            total += changed
+            if changed < _DELETE_BATCH:
+                return total
+
+    def purge_delivered(self, older_than: float, *, require_confirmed: bool = False) -> int:
+        """Delete delivered readings older than `older_than`, in small transactions.
+
+        With `require_confirmed` only confirmed readings go, by `confirmed_at` age:
+        with a confirming backend a published reading may still be lost.
+        """
+        if require_confirmed:
+            # delivered_at <= confirmed_at always (mark_confirmed sets a missing
+            # delivered_at, requeue touches only unconfirmed rows), so the
+            # delivered_at index narrows the search without losing a row.
+            where = (
+                "delivered_at IS NOT NULL AND delivered_at < ?"
+                " AND confirmed_at IS NOT NULL AND confirmed_at < ?"
+            )
+            params: tuple[float, ...] = (older_than, older_than)
+        else:
+            where = "delivered_at IS NOT NULL AND delivered_at < ?"
+            params = (older_than,)
         total = 0
         while True:
 
             def work(db: sqlite3.Connection) -> int:
                 cur = db.execute(
-                    "DELETE FROM readings WHERE seq IN (SELECT seq FROM readings"
-                    " WHERE delivered_at IS NOT NULL AND delivered_at < ? LIMIT ?)",
-                    (older_than, _DELETE_BATCH),
+                    "DELETE FROM readings WHERE seq IN (SELECT seq FROM readings"  # noqa: S608
+                    f" WHERE {where} LIMIT ?)",
+                    (*params, _DELETE_BATCH),
                 )
                 return int(cur.rowcount)
 
@@ -385,18 +425,25 @@ class SqliteOutbox:
         unsent, oldest = db.execute(
             "SELECT count(*), min(received_at) FROM readings WHERE delivered_at IS NULL"
         ).fetchone()
+        unconfirmed, oldest_unconfirmed = 0, None
+        if self._version >= 2:
+            unconfirmed, oldest_unconfirmed = db.execute(
+                "SELECT count(*), min(received_at) FROM readings"
+                " WHERE delivered_at IS NOT NULL AND confirmed_at IS NULL"
+            ).fetchone()
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         total = db.execute("SELECT count(*) FROM readings").fetchone()[0]
         devices = {str(d): float(t) for d, t in db.execute("SELECT * FROM devices")}
         return StoreStats(
             unsent=int(unsent),
             oldest_unsent_at=None if oldest is None else float(oldest),
-            last_delivery_at=(
-                None if meta.get("last_delivery_at") is None else float(meta["last_delivery_at"])
-            ),
+            last_delivery_at=_float_or_none(meta.get("last_delivery_at")),
             dropped=int(meta.get("dropped") or 0),
             total=int(total),
             devices=devices,
+            unconfirmed=int(unconfirmed),
+            oldest_unconfirmed_at=None if oldest_unconfirmed is None else float(oldest_unconfirmed),
+            last_confirmation_at=_float_or_none(meta.get("last_confirmation_at")),
         )
 
     def integrity_ok(self) -> bool:
@@ -404,186 +451,3 @@ class SqliteOutbox:
 
     def close(self) -> None:
         self._db.close()
-
-
-class Store:
-    """The asyncio face of the store: every call runs on the store's own thread."""
-
-    def __init__(
-        self,
-        outbox_factory: Callable[[], SqliteOutbox],
-        *,
-        gateway_id: str,
-        on_dropped: Callable[[int], None] | None = None,
-        on_committed: Callable[[], None] | None = None,
-    ) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="homehub-store")
-        self._factory = outbox_factory
-        self._outbox: SqliteOutbox | None = None
-        self._gateway_id = gateway_id
-        self._on_dropped = on_dropped
-        # Told after every commit that added readings, whoever was waiting for
-        # it: a driver cancelled mid-emit still gets its reading published.
-        self._on_committed = on_committed
-        self._drop_logged_at = -DROP_LOG_INTERVAL_S
-        self._dropped_unlogged = 0
-        self._pending: list[tuple[NewRow, asyncio.Future[StoredReading]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-        self.disk_full = False
-        self.dropped_since_start = 0
-
-    @classmethod
-    async def open(
-        cls,
-        path: Path,
-        *,
-        gateway_id: str,
-        synchronous: Literal["full", "normal"] = "full",
-        max_readings: int = 500_000,
-        max_page_count: int | None = None,
-        on_dropped: Callable[[int], None] | None = None,
-        on_committed: Callable[[], None] | None = None,
-    ) -> Store:
-        store = cls(
-            lambda: SqliteOutbox(
-                path,
-                synchronous=synchronous,
-                max_readings=max_readings,
-                max_page_count=max_page_count,
-            ),
-            gateway_id=gateway_id,
-            on_dropped=on_dropped,
-            on_committed=on_committed,
-        )
-        try:
-            store._outbox = await store._run(store._factory)
-        except sqlite3.DatabaseError as exc:
-            store._executor.shutdown(wait=False)
-            raise StoreError(f"{path}: cannot open store: {exc}") from exc
-        except BaseException:
-            store._executor.shutdown(wait=False)
-            raise
-        return store
-
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
-
-    @property
-    def outbox(self) -> SqliteOutbox:
-        if self._outbox is None:
-            raise StoreError("store is closed")
-        return self._outbox
-
-    async def add(self, reading: Reading, received_at: datetime) -> StoredReading:
-        """Commit one reading; return its stable id once it is on disk.
-
-        Raises StoreFullError when the disk is full (the reading is NOT stored,
-        so the driver must not acknowledge it to its device).
-        """
-        rid = reading_id(self._gateway_id, reading)
-        row = NewRow(
-            id=rid,
-            device_id=reading.device_id,
-            payload=encode_reading(
-                reading, reading_id=rid, gateway_id=self._gateway_id, received_at=received_at
-            ),
-            received_at=received_at.timestamp(),
-        )
-        future: asyncio.Future[StoredReading] = asyncio.get_running_loop().create_future()
-        self._pending.append((row, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name="store-flush")
-        return await future
-
-    async def _flush(self) -> None:
-        # Group commit: everything that arrived while the last fsync ran goes
-        # into the next transaction together.
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                report = await self._run(self.outbox.add_many, [row for row, _ in batch])
-            except StoreFullError as exc:
-                if not self.disk_full:
-                    log.error("store: disk full, readings cannot be stored: %s", exc)
-                self.disk_full = True
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            except Exception as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            if self.disk_full:
-                log.warning("store: writing again after a full disk")
-            self.disk_full = False
-            # Answer the waiting drivers first: nothing below may leave them hanging.
-            for (row, future), result in zip(batch, report.results, strict=True):
-                if not future.done():
-                    future.set_result(StoredReading(row.id, result.seq, result.duplicate))
-            if self._on_committed is not None and not all(r.duplicate for r in report.results):
-                try:
-                    self._on_committed()
-                except Exception:
-                    log.exception("store: on_committed callback failed")
-            if report.dropped_now:
-                self.dropped_since_start += report.dropped_now
-                self._dropped_unlogged += report.dropped_now
-                # Loud, but not a flood: offline at the bound, every new reading
-                # drops one; say so at once, then at most once a minute.
-                now = time.monotonic()
-                if now - self._drop_logged_at >= DROP_LOG_INTERVAL_S:
-                    log.error(
-                        "store: bound of %d readings reached; dropped the %d oldest unsent",
-                        self.outbox.max_readings,
-                        self._dropped_unlogged,
-                    )
-                    self._drop_logged_at, self._dropped_unlogged = now, 0
-                if self._on_dropped is not None:
-                    try:
-                        self._on_dropped(report.dropped_now)
-                    except Exception:
-                        log.exception("store: on_dropped callback failed")
-
-    async def fetch_unsent(
-        self, after_seq: int, limit: int, skip_devices: Sequence[str] = ()
-    ) -> list[OutboxRow]:
-        return await self._run(self.outbox.fetch_unsent, after_seq, limit, tuple(skip_devices))
-
-    async def mark_delivered(self, seqs: Sequence[int]) -> int:
-        return await self._run(self.outbox.mark_delivered, list(seqs), time.time())
-
-    async def purge_delivered(self, retention_s: float) -> int:
-        return await self._run(self.outbox.purge_delivered, time.time() - retention_s)
-
-    async def get_cursor(self, device_id: str, name: str) -> int | None:
-        return await self._run(self.outbox.get_cursor, device_id, name)
-
-    async def set_cursor(self, device_id: str, name: str, value: int) -> None:
-        """Commit a cursor. Runs after every add queued before it (one store thread)."""
-        if self._flusher is not None and not self._flusher.done():
-            await asyncio.shield(self._flusher)
-        await self._run(self.outbox.set_cursor, device_id, name, value, time.time())
-
-    async def checkpoint(self) -> None:
-        await self._run(self.outbox.checkpoint)
-
-    async def ping(self) -> None:
-        """Round trip through the store's thread and SQLite: is the store alive?"""
-        await self._run(self.outbox.ping)
-
-    async def stats(self) -> StoreStats:
-        return await self._run(self.outbox.stats)
-
-    async def set_max_page_count(self, pages: int) -> int:
-        return await self._run(self.outbox.set_max_page_count, pages)
-
-    async def close(self) -> None:
-        if self._flusher is not None:
-            await asyncio.shield(self._flusher)
-        if self._outbox is not None:
-            outbox, self._outbox = self._outbox, None
-            await asyncio.get_running_loop().run_in_executor(self._executor, outbox.close)
-        self._executor.shutdown(wait=True)

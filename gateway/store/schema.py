@@ -1,0 +1,109 @@
+"""The store's SQL schema, its version and the in-place upgrades between versions."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+from gateway.errors import StoreError
+
+log = logging.getLogger("gateway.store")
+
+SCHEMA_VERSION = 2
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS readings (
+    -- AUTOINCREMENT: a seq is never reused after deletes, so ordering holds forever.
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    device_id TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    received_at REAL NOT NULL,
+    delivered_at REAL,
+    confirmed_at REAL
+);
+CREATE INDEX IF NOT EXISTS readings_unsent ON readings(seq) WHERE delivered_at IS NULL;
+CREATE INDEX IF NOT EXISTS readings_delivered ON readings(delivered_at)
+    WHERE delivered_at IS NOT NULL;
+%(v2_indexes)s
+CREATE TABLE IF NOT EXISTS devices (
+    device_id TEXT PRIMARY KEY,
+    last_reading_at REAL NOT NULL
+);
+-- Per-device cursors (e.g. a glucose meter's last stored record sequence number).
+CREATE TABLE IF NOT EXISTS device_cursors (
+    device_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (device_id, name)
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value
+);
+"""
+
+# Version 2 (issue 9): published but not yet confirmed, for the status and the requeue.
+_V2_INDEXES = """
+CREATE INDEX IF NOT EXISTS readings_unconfirmed ON readings(delivered_at)
+    WHERE delivered_at IS NOT NULL AND confirmed_at IS NULL;
+"""
+_SCHEMA = _SCHEMA % {"v2_indexes": _V2_INDEXES}
+
+# In-place upgrades, each run in one transaction with the version bump: a crash
+# mid-migration leaves the file at the old version, and the next open redoes it.
+_MIGRATIONS: dict[int, str] = {
+    1: "ALTER TABLE readings ADD COLUMN confirmed_at REAL;" + _V2_INDEXES,
+}
+
+
+def statements(script: str) -> list[str]:
+    """Split an SQL script into statements (to run them inside one transaction)."""
+    statements: list[str] = []
+    current = ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    if current.strip():
+        statements.append(current.strip())
+    return statements
+
+
+def migrate(db: sqlite3.Connection, path: Path) -> int:
+    """Create a new store at SCHEMA_VERSION, or upgrade an older one in place."""
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        # A downgraded hub must not write rows a newer schema would misread.
+        raise StoreError(
+            f"{path}: store schema version {version} is newer than this"
+            f" homehub's ({SCHEMA_VERSION}); install a newer homehub"
+        )
+    if version == SCHEMA_VERSION:
+        return version
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        has_readings = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'readings'"
+        ).fetchone()
+        if version == 0 and not has_readings:
+            script = _SCHEMA
+        else:
+            # Version 0 with a readings table: version-1 code set user_version
+            # only after creating the tables, so a crash between left this.
+            script = "".join(_MIGRATIONS[v] for v in range(max(version, 1), SCHEMA_VERSION))
+        # executescript would COMMIT first; run the statements one by one instead.
+        for statement in statements(script):
+            db.execute(statement)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    if version:
+        log.warning("store: schema upgraded from version %d to %d", version, SCHEMA_VERSION)
+    return SCHEMA_VERSION
