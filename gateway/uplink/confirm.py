@@ -79,15 +79,12 @@ class ConfirmHandler:
         gateway_id: str,
         mark_confirmed: MarkConfirmed,
         events: EventBus,
-        *,
-        before_marking: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._gateway_id = gateway_id
+        # A confirmation may overtake the uplink's batched PUBACK bookkeeping: the
+        # store then marks the reading published as well (Store.mark_confirmed).
         self._mark_confirmed = mark_confirmed
         self._events = events
-        # The uplink writes PUBACKs in batches; this flushes them first, so a
-        # confirmation never lands on a reading the store still has as unsent.
-        self._before_marking = before_marking
         self.confirmed = 0  # readings newly confirmed (this process)
         self.ignored = 0  # confirmations ignored whole
         self.last_confirmation_at: float | None = None  # monotonic
@@ -99,8 +96,6 @@ class ConfirmHandler:
             self.ignored += 1
             log.warning("mqtt: ignored a confirmation on %s: %s", message.topic, why)
             return
-        if self._before_marking is not None:
-            await self._before_marking()
         # Raises if the store cannot commit: the inbox then leaves the message
         # unacknowledged and the broker delivers it again.
         newly = await self._mark_confirmed(ids)
