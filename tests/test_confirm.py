@@ -311,3 +311,34 @@ async def test_retention_deletes_only_confirmed_readings(
         stats = await hub.store.stats()
         # The unconfirmed one stays, although published long past the retention.
         assert (stats.total, stats.unconfirmed, stats.unsent) == (1, 1, 0)
+
+
+async def test_confirmations_sent_while_the_hub_is_down_arrive_when_it_is_back(
+    tmp_path: Path, broker_factory: Callable[..., MosquittoBroker]
+) -> None:
+    # Clean Start 0 on every connection, the first after a restart included (not
+    # paho's MQTT_CLEAN_START_FIRST_ONLY): the broker kept the session and queued.
+    broker = broker_factory(subscriber=True)
+    config = confirm_config(tmp_path, broker, 3)
+    events = EventBus()
+    seen = Seen(events)
+    async with running_hub(config, events) as hub:
+        ids = await seen.delivered_ids(3, 10)
+    publish_raw(broker.port, [(CONFIRM_TOPIC, confirm_doc(ids))])
+    # Back without the device (its simulated readings would start over).
+    config = write_config(
+        tmp_path / "hub.toml",
+        broker=broker,
+        state_dir=tmp_path / "state",
+        mqtt={"confirm": True, "reconnect_min_s": 0.1},
+    )
+    events = EventBus()
+    seen = Seen(events)
+    async with running_hub(config, events) as hub:
+        await seen.confirmed_ids(set(ids), 10)
+        assert hub.store is not None
+        stats = await hub.store.stats()
+        assert (stats.unsent, stats.unconfirmed, stats.total) == (0, 0, 3)
+        # Confirmed from the queue, not by republishing.
+        assert hub.confirm_watch is not None and hub.confirm_watch.requeued == 0
+        assert seen.delivered == []
