@@ -239,7 +239,7 @@ class Hub:
         if cfg.mqtt.confirm:
             handler = ConfirmHandler(cfg.gateway.id, self.store.mark_confirmed, self.events)
             topic = confirm_topic(cfg.mqtt.topic_prefix, cfg.gateway.id)
-            inbox.route(topic, handler, max_bytes=MAX_CONFIRM_BYTES)
+            inbox.route(topic, handler, max_bytes=MAX_CONFIRM_BYTES, batch=handler.many)
         self.uplink = MqttUplink(
             cfg.mqtt,
             gateway_id=cfg.gateway.id,

@@ -72,6 +72,10 @@ class MosquittoBroker:
             "log_type notice",
             "log_type information",
             "max_queued_messages 100000",
+            # Without it mosquitto's Nagle holds a PUBLISH sent right behind a PUBACK on
+            # the same socket until the peer's delayed ACK (~40 ms): a confirmation
+            # would take two of those to reach the hub (issue 9; README, Confirmations).
+            "set_tcp_nodelay true",
             # Started as root, mosquitto drops to user "mosquitto", who may not read
             # our private work dir: keep running as whoever started it.
             f"user {getpass.getuser()}",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -52,6 +53,10 @@ class Confirmer:
 
     def start(self, timeout_s: float = 10.0) -> Confirmer:
         self.client.connect(self._host, self.port)
+        sock = self.client.socket()
+        if isinstance(sock, socket.socket):
+            # Its confirmation follows its PUBACK at once: no Nagle wait between them.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.client.loop_start()
         self._flusher.start()
         if not self._subscribed.wait(timeout_s):

@@ -90,12 +90,20 @@ class ConfirmHandler:
         self.last_confirmation_at: float | None = None  # monotonic
 
     async def __call__(self, message: InboundMessage) -> None:
-        try:
-            ids = parse_confirmation(message.payload, self._gateway_id)
-        except BadConfirmation as why:
-            self.ignored += 1
-            log.warning("mqtt: ignored a confirmation on %s: %s", message.topic, why)
+        await self.many([message])
+
+    async def many(self, messages: list[InboundMessage]) -> None:
+        """Several confirmations that queued up: one store commit for all their ids."""
+        ids: list[str] = []
+        for message in messages:
+            try:
+                ids.extend(parse_confirmation(message.payload, self._gateway_id))
+            except BadConfirmation as why:
+                self.ignored += 1
+                log.warning("mqtt: ignored a confirmation on %s: %s", message.topic, why)
+        if not ids:
             return
+        ids = list(dict.fromkeys(ids))
         # Raises if the store cannot commit: the inbox then leaves the message
         # unacknowledged and the broker delivers it again.
         newly = await self._mark_confirmed(ids)

@@ -33,6 +33,8 @@ class InboundMessage:
 
 
 Handler = Callable[[InboundMessage], Awaitable[None]]
+#: Handles several messages of one route at once (e.g. one store commit for all).
+BatchHandler = Callable[[list[InboundMessage]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +42,7 @@ class Route:
     topic: str
     handler: Handler
     max_bytes: int
+    batch: BatchHandler | None = None
 
 
 class Inbox:
@@ -48,12 +51,14 @@ class Inbox:
     def __init__(self) -> None:
         self._routes: dict[str, Route] = {}
 
-    def route(self, topic: str, handler: Handler, *, max_bytes: int) -> None:
+    def route(
+        self, topic: str, handler: Handler, *, max_bytes: int, batch: BatchHandler | None = None
+    ) -> None:
         if "+" in topic or "#" in topic:
             raise ValueError(f"a route is an exact topic, not a filter: {topic!r}")
         if topic in self._routes:
             raise ValueError(f"{topic!r} already has a route")
-        self._routes[topic] = Route(topic, handler, max_bytes)
+        self._routes[topic] = Route(topic, handler, max_bytes, batch)
 
     @property
     def topics(self) -> list[str]:
@@ -61,6 +66,52 @@ class Inbox:
 
     def __bool__(self) -> bool:
         return bool(self._routes)
+
+    async def dispatch_many(self, messages: list[InboundMessage]) -> list[bool]:
+        """Handle messages in order; for each, whether to acknowledge it.
+
+        Consecutive messages of a route with a batch handler go to it together
+        (messages that queued up while the last batch was committing: group commit).
+        """
+        results: list[bool] = []
+        index = 0
+        while index < len(messages):
+            route = self._routes.get(messages[index].topic)
+            end = index + 1
+            if route is not None and route.batch is not None:
+                while end < len(messages) and messages[end].topic == route.topic:
+                    end += 1
+            if end - index == 1 or route is None or route.batch is None:
+                results.append(await self.dispatch(messages[index]))
+            else:
+                results.extend(await self._dispatch_batch(route, route.batch, messages[index:end]))
+            index = end
+        return results
+
+    async def _dispatch_batch(
+        self, route: Route, batch: BatchHandler, messages: list[InboundMessage]
+    ) -> list[bool]:
+        fitting = [m for m in messages if not self._oversize(route, m)]
+        if not fitting:
+            return [True] * len(messages)
+        try:
+            await batch(fitting)
+        except Exception:
+            log.exception("mqtt: handling %d messages on %s failed", len(fitting), route.topic)
+            return [m not in fitting for m in messages]
+        return [True] * len(messages)
+
+    @staticmethod
+    def _oversize(route: Route, message: InboundMessage) -> bool:
+        if len(message.payload) <= route.max_bytes:
+            return False
+        log.warning(
+            "mqtt: ignored a %d-byte message on %s (at most %d bytes)",
+            len(message.payload),
+            message.topic,
+            route.max_bytes,
+        )
+        return True
 
     async def dispatch(self, message: InboundMessage) -> bool:
         """Handle one message; whether to acknowledge it (False: the handler failed)."""
@@ -71,13 +122,7 @@ class Inbox:
                 "mqtt: ignored a message on %s: the hub has no use for that topic", message.topic
             )
             return True
-        if len(message.payload) > route.max_bytes:
-            log.warning(
-                "mqtt: ignored a %d-byte message on %s (at most %d bytes)",
-                len(message.payload),
-                message.topic,
-                route.max_bytes,
-            )
+        if self._oversize(route, message):
             return True
         try:
             await route.handler(message)

@@ -85,6 +85,8 @@ UNHEARD_BACKOFF_MAX_S = 60.0
 # MQTT 5 §3.2.2.3.3: Receive Maximum absent means 65,535.
 DEFAULT_RECEIVE_MAXIMUM = 65535
 STATUS_DEBOUNCE_S = 1.0
+# Received messages handed to the inbox together, at most (see _take_inbound).
+INBOX_BATCH = 64
 # Deliveries are written to the store at most this often (see _flush_acks).
 ACK_BATCH_S = 0.05
 
@@ -686,19 +688,23 @@ class MqttUplink:
             self._inbox_worker = asyncio.create_task(self._take_inbound(), name="mqtt-inbox")
 
     async def _take_inbound(self) -> None:
-        """Hand received messages to the inbox one at a time, in order; then PUBACK them."""
+        """Hand received messages to the inbox in order, what has queued up at once; then
+        PUBACK them (what queued while the last batch committed is one batch: group commit).
+        """
         assert self._inbox is not None
         while self._inbound:
-            client, message = self._inbound.popleft()
-            inbound = InboundMessage(
-                message.topic, bytes(message.payload), message.qos, bool(message.retain)
-            )
-            acknowledge = await self._inbox.dispatch(inbound)
+            taken = [self._inbound.popleft() for _ in range(min(INBOX_BATCH, len(self._inbound)))]
+            inbound = [
+                InboundMessage(m.topic, bytes(m.payload), m.qos, bool(m.retain)) for _, m in taken
+            ]
+            acknowledged = await self._inbox.dispatch_many(inbound)
             session = self._session
-            if acknowledge and message.qos > 0 and session is not None and session.client is client:
+            for (client, message), acknowledge in zip(taken, acknowledged, strict=True):
                 # On a connection already given up there is nothing to acknowledge:
                 # the broker sends it again on the next one (MQTT 5 §4.4).
-                client.ack(message.mid, message.qos)
+                current = session is not None and session.client is client
+                if acknowledge and message.qos > 0 and current:
+                    client.ack(message.mid, message.qos)
 
     async def _status_loop(self, session: _Session) -> None:
         interval = self._settings.status_interval_s
