@@ -191,8 +191,12 @@ def median(values: Sequence[float]) -> float:
 
 @contextlib.contextmanager
 def private_broker(workdir: Path) -> Iterator[MosquittoBroker]:
-    """Debian's real mosquitto on a free loopback port, quiet (no per-client log lines)."""
-    broker = MosquittoBroker(workdir / "broker")
+    """Debian's real mosquitto on a free loopback port, quiet (no per-client log lines).
+
+    With a subscriber on '#' (in this process): without one every reading gets PUBACK
+    0x10, which the hub does not count as delivered (issue 9).
+    """
+    broker = MosquittoBroker(workdir / "broker", subscriber=True)
     with broker:
         yield broker
 

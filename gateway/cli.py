@@ -119,6 +119,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EX_FAIL
     now = time.time()
     oldest_age = None if stats.oldest_unsent_at is None else round(now - stats.oldest_unsent_at, 1)
+    oldest_unconfirmed = stats.oldest_unconfirmed_at
+    unconfirmed_age = None if oldest_unconfirmed is None else round(now - oldest_unconfirmed, 1)
     devices = {
         device.id: {
             "driver": device.driver,
@@ -133,6 +135,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             "unsent": stats.unsent,
             "oldest_unsent_age_s": oldest_age,
             "last_delivery_at": iso_utc(stats.last_delivery_at),
+            "unconfirmed": stats.unconfirmed,
+            "oldest_unconfirmed_age_s": unconfirmed_age,
+            "last_confirmation_at": iso_utc(stats.last_confirmation_at),
             "dropped": stats.dropped,
             "stored": stats.total,
             "devices": devices,
@@ -144,6 +149,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"unsent         {stats.unsent}")
     print(f"oldest unsent  {'-' if oldest_age is None else f'{oldest_age:.0f} s ago'}")
     print(f"last delivery  {iso_utc(stats.last_delivery_at) or 'never'}")
+    if config.mqtt.confirm or stats.unconfirmed or stats.last_confirmation_at is not None:
+        # Issue 9: published but not yet confirmed by the backend.
+        print(f"unconfirmed    {stats.unconfirmed}")
+        age = "-" if unconfirmed_age is None else f"{unconfirmed_age:.0f} s ago"
+        print(f"oldest unconf. {age}")
+        print(f"last confirmed {iso_utc(stats.last_confirmation_at) or 'never'}")
     if stats.dropped:
         print(f"DROPPED        {stats.dropped} readings (store bound reached)")
     for device_id, info in devices.items():
@@ -304,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_listen)
 
     p = sub.add_parser("schema", help="print a JSON Schema")
-    p.add_argument("which", choices=["config", "reading", "status"])
+    p.add_argument("which", choices=["config", "reading", "status", "confirm"])
     p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("scan", help="list nearby BLE devices with a [[devices]] table each")

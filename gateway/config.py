@@ -132,6 +132,25 @@ class MqttSection(_Section):
     reconnect_min_s: float = Field(default=1.0, gt=0, le=3600)
     reconnect_max_s: float = Field(default=60.0, gt=0, le=3600)
     connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    confirm: bool = Field(
+        default=False,
+        description="The backend confirms each reading on {prefix}/{gateway}/confirm; "
+        "'sent' and retention then wait for the confirmation (issue 9).",
+    )
+    confirm_timeout_s: float = Field(
+        default=300.0,
+        ge=1.0,
+        le=86400.0,
+        description="A published reading not confirmed this long is published again "
+        "(same id), with backoff (confirm = true only).",
+    )
+    session_expiry_s: int = Field(
+        default=86400,
+        ge=0,
+        le=4294967295,
+        description="MQTT 5 Session Expiry Interval of the hub's persistent session: the "
+        "broker keeps confirmations for a hub offline this long.",
+    )
     username: str | None = None
     password_file: FilePath | None = None
     ca_file: FilePath | None = None

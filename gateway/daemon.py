@@ -15,6 +15,7 @@ import logging
 import time
 from typing import Any
 
+from homehub_contract import confirm_topic
 from pydantic import ValidationError
 
 from gateway import __version__
@@ -48,6 +49,8 @@ from gateway.reading import Reading
 from gateway.sdnotify import SystemdNotifier
 from gateway.status import DeviceStatus, StatusTracker
 from gateway.store import Recovery, Store
+from gateway.uplink.confirm import MAX_CONFIRM_BYTES, ConfirmHandler, ConfirmWatch
+from gateway.uplink.inbox import Inbox
 from gateway.uplink.mqtt import MqttUplink
 from gateway.uplink.payload import encode_status
 from gateway.windows import CommandWindow
@@ -130,6 +133,10 @@ class Hub:
         self.store: Store | None = None
         self.uplink: MqttUplink | None = None
         self._uplink_task: asyncio.Task[None] | None = None
+        #: [mqtt] confirm = true only (issue 9)
+        self.confirmations: ConfirmHandler | None = None
+        self.confirm_watch: ConfirmWatch | None = None
+        self._confirm_task: asyncio.Task[None] | None = None
         self._driver_tasks: dict[str, asyncio.Task[None]] = {}
         self._reload_lock = asyncio.Lock()
         #: driver tasks that ignored their cancellation (see _cancel_bounded)
@@ -229,6 +236,13 @@ class Hub:
 
     def _start_uplink(self, cfg: HubConfig) -> None:
         assert self.store is not None
+        # Everything the hub receives comes through one inbox on the uplink's session.
+        inbox = Inbox()
+        handler = None
+        if cfg.mqtt.confirm:
+            handler = ConfirmHandler(cfg.gateway.id, self.store.mark_confirmed, self.events)
+            topic = confirm_topic(cfg.mqtt.topic_prefix, cfg.gateway.id)
+            inbox.route(topic, handler, max_bytes=MAX_CONFIRM_BYTES, batch=handler.many)
         self.uplink = MqttUplink(
             cfg.mqtt,
             gateway_id=cfg.gateway.id,
@@ -237,9 +251,20 @@ class Hub:
             events=self.events,
             status_document=self._status_payload,
             version=__version__,
+            inbox=inbox,
         )
         self._uplink_task = asyncio.create_task(self.uplink.run(), name="uplink")
         self._uplink_task.add_done_callback(self._uplink_ended)
+        self.confirmations = handler
+        self.confirm_watch = None
+        if handler is not None:
+            self.confirm_watch = ConfirmWatch(
+                cfg.mqtt.confirm_timeout_s,
+                self.store.requeue_unconfirmed,
+                self.uplink.republish,
+                handler,
+            )
+            self._confirm_task = asyncio.create_task(self.confirm_watch.run(), name="confirm-watch")
 
     def _uplink_ended(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or self._stop.is_set() or task is not self._uplink_task:
@@ -252,6 +277,10 @@ class Hub:
         self.stop()
 
     async def _stop_uplink(self, grace_s: float = UPLINK_GRACE_S) -> None:
+        watch, self._confirm_task = self._confirm_task, None
+        if watch is not None:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
         uplink, task = self.uplink, self._uplink_task
         if uplink is None or task is None:
             return
@@ -548,7 +577,12 @@ class Hub:
             try:
                 if now - last_purge >= store_cfg.purge_interval_s:
                     last_purge = now
-                    purged = await self.store.purge_delivered(store_cfg.retention_hours * 3600)
+                    # With a confirming backend only confirmed readings go (issue 9):
+                    # a published one may still be lost on the way.
+                    purged = await self.store.purge_delivered(
+                        store_cfg.retention_hours * 3600,
+                        require_confirmed=self.config.mqtt.confirm,
+                    )
                     if purged:
                         log.info("store: purged %d delivered readings", purged)
                 if store_cfg.synchronous == "normal":

@@ -29,10 +29,24 @@ class ReadingStored(Event):
 
 @dataclass(frozen=True, slots=True)
 class ReadingDelivered(Event):
-    """The broker acknowledged the reading with a success PUBACK."""
+    """The broker acknowledged the reading with a PUBACK meaning a subscriber got it.
+
+    With `[mqtt] confirm = true` that is "published", not yet "your care team has it"
+    (that is ReadingsConfirmed).
+    """
 
     device_id: str
     reading_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingsConfirmed(Event):
+    """The backend confirmed it holds these readings (issue 9; one event per confirmation).
+
+    Ids the hub does not know may be among them: a backend confirms what it holds.
+    """
+
+    reading_ids: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +57,8 @@ class PublishRefused(Event):
 
 @dataclass(frozen=True, slots=True)
 class UplinkUp(Event):
-    pass
+    #: `[mqtt] confirm = true`: "sent" waits for ReadingsConfirmed, not the PUBACK.
+    confirming: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,6 +64,7 @@ class StatusTracker:
         """The `homehub.status/1` document (online)."""
         now = time.time() if now is None else now
         oldest = stats.oldest_unsent_at
+        unconfirmed = stats.oldest_unconfirmed_at
         return {
             "schema": STATUS_SCHEMA,
             "gateway": self.gateway_id,
@@ -75,6 +76,12 @@ class StatusTracker:
             "unsent": stats.unsent,
             "oldest_unsent_age_s": None if oldest is None else round(max(0.0, now - oldest), 1),
             "last_delivery_at": iso_utc(stats.last_delivery_at),
+            # Issue 9: published (PUBACK) but not yet confirmed by the backend.
+            "unconfirmed": stats.unconfirmed,
+            "oldest_unconfirmed_age_s": (
+                None if unconfirmed is None else round(max(0.0, now - unconfirmed), 1)
+            ),
+            "last_confirmation_at": iso_utc(stats.last_confirmation_at),
             "uplink": {"connected": self.uplink_connected, "held_back": held_back},
             "clock_ok": not self.clock_wrong,
             "store": {

@@ -24,6 +24,9 @@ def broker_factory(tmp_path: Path) -> Iterator[Callable[..., MosquittoBroker]]:
     started: list[MosquittoBroker] = []
 
     def make(**kwargs: Any) -> MosquittoBroker:
+        # A subscriber on '#' unless a test asks for none: without one every reading
+        # gets PUBACK 0x10, which is not delivered (issue 9).
+        kwargs.setdefault("subscriber", True)
         broker = MosquittoBroker(tmp_path / f"broker{len(started)}", **kwargs)
         broker.start()
         started.append(broker)

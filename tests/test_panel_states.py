@@ -15,6 +15,7 @@ from gateway.events import (
     HubStarted,
     PublishRefused,
     ReadingDelivered,
+    ReadingsConfirmed,
     ReadingsDropped,
     ReadingStored,
     UplinkDown,
@@ -112,6 +113,53 @@ def test_delivery_of_another_reading_is_not_sent() -> None:
     assert m.state(3.5) is S.GOT_IT
     m.handle(ReadingDelivered("bp-1", "r2"), 4.0)
     assert m.state(4.0) is S.SENT
+
+
+def confirming() -> PanelStateMachine:
+    """A machine whose uplink says the backend confirms ([mqtt] confirm = true, issue 9)."""
+    m = PanelStateMachine(T, now=0.0)
+    m.handle(HubStarted(), 0.0)
+    m.handle(UplinkUp(confirming=True), 0.0)
+    return m
+
+
+def test_with_confirm_a_puback_keeps_got_it_and_only_the_confirmation_is_sent() -> None:
+    m = confirming()
+    m.handle(stored("r1"), 5.0)
+    m.handle(ReadingDelivered("bp-1", "r1"), 5.1)
+    assert not m.changed_by_delivery("r1")  # the panel need not even look
+    # Published, not yet confirmed: still "got it" ("sending") after the blinks.
+    assert m.state(5.0 + 1.4 + 5) is S.GOT_IT
+    m.handle(ReadingsConfirmed(("r0", "r2")), 12.0)  # others' confirmation: nothing
+    assert m.state(12.0) is S.GOT_IT
+    assert m.changed_by_confirmation(("r0", "r1"))
+    m.handle(ReadingsConfirmed(("r0", "r1")), 12.5)
+    assert m.state(12.5) is S.SENT
+    assert m.state(22.4) is S.SENT
+    assert m.state(22.5) is S.READY
+
+
+def test_with_confirm_no_confirmation_in_time_is_stored_later_never_sent() -> None:
+    m = confirming()
+    m.handle(stored("r1"), 1.0)
+    m.handle(ReadingDelivered("bp-1", "r1"), 1.1)
+    assert m.state(30.9) is S.GOT_IT
+    assert m.next_change(30.9) == pytest.approx(31.0)
+    # send_wait_s without a confirmation: "stored, will send later", never "sent".
+    for t in (31.0, 35.0, 40.9):
+        assert m.state(t) is S.STORED_LATER
+    assert m.state(41.0) is S.READY
+    # The confirmation comes at last (republished after the timeout): now it is sent.
+    m.handle(ReadingsConfirmed(("r1",)), 300.0)
+    assert m.state(300.0) is S.SENT
+
+
+def test_without_confirm_a_confirmation_changes_nothing() -> None:
+    m = machine()
+    m.handle(stored("r1"), 1.0)
+    assert not m.changed_by_confirmation(("r1",))
+    m.handle(ReadingsConfirmed(("r1",)), 3.0)
+    assert m.state(3.0) is S.GOT_IT
 
 
 def test_duplicate_store_changes_nothing() -> None:

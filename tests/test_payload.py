@@ -314,6 +314,28 @@ def test_status_document_validates() -> None:
     assert doc["devices"]["oxi-1"]["restarts"] == 3
 
 
+def test_status_document_reports_unconfirmed_readings() -> None:
+    # Issue 9: published but not yet confirmed, beside unsent.
+    now = 1_795_000_000.0
+    stats = StoreStats(
+        unsent=1,
+        oldest_unsent_at=now - 2.0,
+        last_delivery_at=now - 1.0,
+        dropped=0,
+        total=10,
+        unconfirmed=3,
+        oldest_unconfirmed_at=now - 400.25,
+        last_confirmation_at=now - 60.0,
+    )
+    doc = tracker().document(stats, now=now)
+    STATUS_V.validate(doc)
+    assert doc["unconfirmed"] == 3
+    assert doc["oldest_unconfirmed_age_s"] == 400.2
+    assert doc["last_confirmation_at"] == "2026-11-18T11:05:40.000Z"
+    for bad in ({"unconfirmed": -1}, {"oldest_unconfirmed_age_s": "old"}):
+        assert not STATUS_V.is_valid({**doc, **bad})
+
+
 def test_status_document_of_an_empty_store_validates() -> None:
     stats = StoreStats(unsent=0, oldest_unsent_at=None, last_delivery_at=None, dropped=0, total=0)
     doc = StatusTracker(gateway_id="hub-0001").document(stats)

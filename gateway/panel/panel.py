@@ -27,6 +27,7 @@ from gateway.events import (
     EventBus,
     PanelShows,
     ReadingDelivered,
+    ReadingsConfirmed,
 )
 from gateway.panel.backends import PanelBackend
 from gateway.panel.button import ButtonLogic
@@ -153,6 +154,10 @@ class Panel:
             return
         if isinstance(event, ReadingDelivered) and not self.machine.changed_by_delivery(
             event.reading_id
+        ):
+            return
+        if isinstance(event, ReadingsConfirmed) and not self.machine.changed_by_confirmation(
+            event.reading_ids
         ):
             return
         self.machine.handle(event, self._loop.time())

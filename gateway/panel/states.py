@@ -7,19 +7,24 @@ may change without a new event (`next_change(now)`). Times are monotonic seconds
 Priority, highest first (the README's table is the patient-facing version):
 
 1. STARTING      the daemon has not started yet
-2. GOT_IT        a new reading was stored: shown at least `got_it_s`, then until its
-                 PUBACK, an uplink loss or `send_wait_s`
-3. SENT          that reading's PUBACK arrived: `sent_s`
+2. GOT_IT        a new reading was stored: shown at least `got_it_s`, then until it
+                 is sent, an uplink loss or `send_wait_s`
+3. SENT          that reading is sent: `sent_s`
 4. STORED_LATER  that reading was stored but cannot go now (uplink down, publish
-                 refused, or no PUBACK within `send_wait_s`): `stored_later_s`
+                 refused, or not sent within `send_wait_s`): `stored_later_s`
+
+"Sent" is the reading's PUBACK, or with `[mqtt] confirm = true` (the uplink says
+so in `UplinkUp.confirming`) the backend's confirmation (`ReadingsConfirmed`,
+issue 9): then a PUBACK alone keeps GOT_IT ("sending"), and no confirmation
+within `send_wait_s` is STORED_LATER, never SENT.
 5. INSTALLER     the pairing window is open (long press)
 6. NEEDS_HELP    any help reason holds (see `help_reasons`)
 7. WAITING       the measure window is open and no reading has been stored since it opened
 8. READY         none of the above
 
 Only the latest stored reading drives 2-4, and a new "measure now" press ends its
-feedback. "sent" needs a `ReadingDelivered` for that very reading id: a store
-alone never shows it.
+feedback. "sent" needs a `ReadingDelivered` (or `ReadingsConfirmed`) for that
+very reading id: a store alone never shows it.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from gateway.events import (
     HubStarted,
     PublishRefused,
     ReadingDelivered,
+    ReadingsConfirmed,
     ReadingsDropped,
     ReadingStored,
     StoreRecovered,
@@ -89,6 +95,7 @@ class PanelStateMachine:
         self.timings = timings
         self.started = False
         self.uplink_up = False
+        self.confirming = False  # "sent" means confirmed by the backend (issue 9)
         self.offline_since: float | None = now
         self.measuring = False  # measure window open, no reading since it opened
         self.pairing = False
@@ -115,15 +122,26 @@ class PanelStateMachine:
             case ReadingDelivered(reading_id=rid):
                 self.dropping = False
                 self.refused = False
-                # A reading went all the way after a salvage: the store works again.
-                self.store_damaged = False
-                if self.latest is not None and self.latest.reading_id == rid:
-                    self.latest.delivered_at = now
+                if self.confirming:
+                    pass  # published, not yet "your care team has it"
+                else:
+                    # A reading went all the way after a salvage: the store works again.
+                    self.store_damaged = False
+                    if self.latest is not None and self.latest.reading_id == rid:
+                        self.latest.delivered_at = now
+            case ReadingsConfirmed(reading_ids=ids):
+                if self.confirming:
+                    # The backend holds a reading after a salvage: the store works again.
+                    self.store_damaged = False
+                latest = self.latest
+                if self.confirming and latest is not None and latest.reading_id in ids:
+                    latest.delivered_at = now
             case PublishRefused(device_id=device):
                 self.refused = True
                 self._defer(now, device)
-            case UplinkUp():
+            case UplinkUp(confirming=confirming):
                 self.uplink_up = True
+                self.confirming = confirming
                 self.offline_since = None
             case UplinkDown():
                 self.uplink_up = False
@@ -182,7 +200,18 @@ class PanelStateMachine:
             self.dropping
             or self.refused
             or self.store_damaged
-            or (self.latest is not None and self.latest.reading_id == reading_id)
+            or (
+                not self.confirming
+                and self.latest is not None
+                and self.latest.reading_id == reading_id
+            )
+        )
+
+    def changed_by_confirmation(self, reading_ids: tuple[str, ...]) -> bool:
+        """Whether a ReadingsConfirmed would change anything (a drain confirms thousands)."""
+        latest = self.latest
+        return self.confirming and (
+            self.store_damaged or (latest is not None and latest.reading_id in reading_ids)
         )
 
     def help_reasons(self, now: float) -> list[str]:

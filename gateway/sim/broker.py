@@ -51,8 +51,15 @@ class MosquittoBroker:
     # (ca_file, cert_file, key_file): TLS on the listener, client certificates required
     tls: tuple[Path, Path, Path] | None = None
     extra: list[str] = field(default_factory=list)  # more mosquitto.conf lines
+    # A QoS 0 subscriber to '#' while the broker runs, on a plain listener of its
+    # own: publishes then have a matching subscriber. Without one, mosquitto answers
+    # a reading's PUBLISH with PUBACK 0x10 "No matching subscribers" (MQTT 5
+    # §3.4.2.1), which the hub rightly treats as not delivered (issue 9).
+    subscriber: bool = False
     process: subprocess.Popen[bytes] | None = None
     log_lines: list[str] = field(default_factory=list)
+    _sink: _Sink | None = None
+    _sink_port: int = 0
 
     def _write_config(self) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -65,6 +72,10 @@ class MosquittoBroker:
             "log_type notice",
             "log_type information",
             "max_queued_messages 100000",
+            # Without it mosquitto's Nagle holds a PUBLISH sent right behind a PUBACK on
+            # the same socket until the peer's delayed ACK (~40 ms): a confirmation
+            # would take two of those to reach the hub (issue 9; README, Confirmations).
+            "set_tcp_nodelay true",
             # Started as root, mosquitto drops to user "mosquitto", who may not read
             # our private work dir: keep running as whoever started it.
             f"user {getpass.getuser()}",
@@ -91,6 +102,10 @@ class MosquittoBroker:
                 "autosave_interval 1",
             ]
         lines += self.extra
+        if self.subscriber:
+            # Last, so that the listener-specific lines above stay with the main one.
+            self._sink_port = free_port()
+            lines.append(f"listener {self._sink_port} 127.0.0.1")
         conf = self.workdir / "mosquitto.conf"
         conf.write_text("\n".join(lines) + "\n")
         return conf
@@ -125,14 +140,23 @@ class MosquittoBroker:
                 f"mosquitto did not start on 127.0.0.1:{self.port}: "
                 + " | ".join(self.log_lines[-5:])
             )
+        if self.subscriber:
+            self._sink = _Sink(self._sink_port, timeout_s)
+
+    def _stop_sink(self) -> None:
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            sink.close()
 
     def kill(self) -> None:
         """SIGKILL: the broker vanishes without a goodbye, as on a power cut."""
+        self._stop_sink()
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(timeout=10)
 
     def stop(self) -> None:
+        self._stop_sink()
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -148,3 +172,31 @@ class MosquittoBroker:
     def __exit__(self, *_: object) -> None:
         with contextlib.suppress(Exception):
             self.stop()
+
+
+class _Sink:
+    """The broker's own subscriber (`MosquittoBroker.subscriber`): takes and drops all."""
+
+    def __init__(self, port: int, timeout_s: float) -> None:
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        subscribed = threading.Event()
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"homehub-sim-sink-{port}",
+            protocol=paho.MQTTv5,
+            reconnect_on_failure=False,
+        )
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.on_connect = lambda c, *_: c.subscribe("#", qos=0)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        if not subscribed.wait(timeout_s):
+            self.close()
+            raise GatewayError(f"mosquitto's subscriber could not subscribe on port {port}")
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.disconnect()
+            self.client.loop_stop()

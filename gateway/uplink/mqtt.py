@@ -13,14 +13,25 @@ Invariants (ARCHITECTURE.md, data path step 3):
   §3.2.2.3.3); the read-ahead buffer holds at most two windows of rows; the
   rest waits in the store;
 - a reading is marked delivered only on a PUBACK with a success reason code
-  (MQTT 5 §3.4.2.1: codes below 0x80 are success, e.g. 0x10 "no matching
-  subscribers");
+  that means a subscriber got it (MQTT 5 §3.4.2.1: codes below 0x80 are
+  success, but 0x10 "No matching subscribers" means the broker dropped it:
+  not delivered, retried with backoff, issue 9);
 - a refused publish (e.g. 0x87 not authorized) leaves the reading unsent, logs
   an error and pauses that device's readings with backoff, never a hot loop; a
   reading the broker can never take (too large, invalid) is held back on its
   own, so it cannot block the readings behind it (see outbox.PoisonGuard);
 - nothing that goes wrong inside the uplink stops it for good: errors end the
   connection, and the next one starts from the store again.
+
+What the hub receives (the `Inbox`, issue 9) comes on the same connection, in
+one persistent session: Clean Start 0 with a Session Expiry Interval (MQTT 5
+§3.1.2.4, §3.1.2.11.2). paho's default, MQTT_CLEAN_START_FIRST_ONLY, would start
+clean on the first connect of each client, and every connection here has a new
+client: the confirmations the broker queued while the hub was down or
+restarting would be thrown away. So Clean Start is always 0 when the inbox has
+routes. Inbound QoS 1 messages are acknowledged by hand (paho `manual_ack`),
+after the inbox has handled them. The session holds no outgoing state worth
+keeping: paho's fresh client never resends a publish; the store does.
 """
 
 from __future__ import annotations
@@ -39,14 +50,17 @@ from typing import Any, TypeVar
 import paho.mqtt.client as paho
 from homehub_contract import reading_topic, status_topic
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway.backoff import Backoff
 from gateway.config import MqttSection
 from gateway.errors import UplinkError
 from gateway.events import EventBus, PublishRefused, ReadingDelivered, UplinkDown, UplinkUp
 from gateway.store import OutboxRow, Store
+from gateway.uplink.inbox import InboundMessage, Inbox
 from gateway.uplink.outbox import PoisonGuard, PublishQueue
 from gateway.uplink.payload import offline_status
 
@@ -62,9 +76,17 @@ REFUSED_BACKOFF_MAX_S = 300.0
 # PUBACK reason codes that will not change by retrying soon (MQTT 5 §3.4.2.1):
 # 0x90 topic name invalid, 0x95 packet too large, 0x99 payload format invalid.
 PERMANENT_REFUSALS = frozenset({0x90, 0x95, 0x99})
+# MQTT 5 §3.4.2.1: 0x10 "No matching subscribers" is a success code, yet nobody got
+# the message (the backend is not subscribed): the reading stays unsent, and that
+# device's readings are retried after this backoff (issue 9).
+NO_MATCHING_SUBSCRIBERS = 0x10
+UNHEARD_BACKOFF_INITIAL_S = 1.0
+UNHEARD_BACKOFF_MAX_S = 60.0
 # MQTT 5 §3.2.2.3.3: Receive Maximum absent means 65,535.
 DEFAULT_RECEIVE_MAXIMUM = 65535
 STATUS_DEBOUNCE_S = 1.0
+# Received messages handed to the inbox together, at most (see _take_inbound).
+INBOX_BATCH = 64
 # Deliveries are written to the store at most this often (see _flush_acks).
 ACK_BATCH_S = 0.05
 
@@ -148,6 +170,7 @@ class MqttUplink:
         events: EventBus,
         status_document: Callable[[], Awaitable[bytes]],
         version: str,
+        inbox: Inbox | None = None,
     ) -> None:
         self._settings = settings
         self._gateway_id = gateway_id
@@ -164,7 +187,11 @@ class MqttUplink:
         self._marking: set[int] = set()  # seqs being marked right now
         self._ack_flusher: asyncio.Task[None] | None = None
         self._refusals: dict[str, Backoff] = {}
+        self._unheard: dict[str, Backoff] = {}  # device -> backoff after PUBACK 0x10
         self._stopping = False
+        self._inbox = inbox if inbox else None
+        self._inbound: deque[tuple[paho.Client, paho.MQTTMessage]] = deque()
+        self._inbox_worker: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         self.delivered_count = 0
 
@@ -177,6 +204,16 @@ class MqttUplink:
     def request_status(self) -> None:
         """Publish the status soon (debounced)."""
         self._status_wanted.set()
+
+    def republish(self) -> None:
+        """Readings were made unsent again in the store (unconfirmed): read it again."""
+        self._queue.reset()
+
+    async def flush_deliveries(self) -> None:
+        """Write the PUBACKs not yet marked in the store, now (not after ACK_BATCH_S)."""
+        if self._acked:
+            batch, self._acked = self._acked, []
+            await self._mark_delivered(batch)
 
     @property
     def held_back(self) -> int:
@@ -240,6 +277,13 @@ class MqttUplink:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(session.status_acked.wait(), 0.5)
             await self._close(session)
+        worker = self._inbox_worker
+        if worker is not None and not worker.done():
+            # Let a confirmation being handled commit; what is left is not acked
+            # and comes again with the session.
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(worker), 0.3)
+            worker.cancel()
         await self._flush_acks()
 
     # -- connection ------------------------------------------------------------------
@@ -258,6 +302,8 @@ class MqttUplink:
             protocol=paho.MQTTv5,
             # We reconnect ourselves (with our backoff and a fresh client).
             reconnect_on_failure=False,
+            # Inbound QoS 1 is acknowledged once the inbox has handled it (see the top).
+            manual_ack=self._inbox is not None,
         )
         client.connect_timeout = s.connect_timeout_s
         # paho queues beyond its own window; keep its window above ours so it never
@@ -320,9 +366,20 @@ class MqttUplink:
                 hop_pending = True
             threadsafe(take_pubacks)
 
+        def on_message(_c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
+            threadsafe(self._on_message, client, message)
+
+        def on_subscribe(
+            _c: paho.Client, _u: Any, _mid: int, codes: list[ReasonCode], _p: Properties | None
+        ) -> None:
+            threadsafe(self._on_suback, codes)
+
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect
         client.on_publish = on_publish
+        if self._inbox is not None:
+            client.on_message = on_message
+            client.on_subscribe = on_subscribe
         return client
 
     async def _connect(self) -> _Session:
@@ -332,11 +389,22 @@ class MqttUplink:
         connack: asyncio.Future[tuple[ReasonCode, Properties | None]] = client.user_data_get()
         s = self._settings
         log.debug("mqtt: connecting to %s:%d", s.host, s.port)
+        # Without an inbox, every connection starts a fresh session (what was in
+        # flight is resent from the store). With one, never clean: see the top.
+        clean_start = self._inbox is None
+        properties: Properties | None = None
+        if not clean_start:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = s.session_expiry_s
         try:
-            # clean_start: every connection starts a fresh session; what was in
-            # flight is resent from the store, not from a broker-side session.
             await _in_daemon_thread(
-                lambda: client.connect(s.host, s.port, keepalive=s.keepalive_s, clean_start=True),
+                lambda: client.connect(
+                    s.host,
+                    s.port,
+                    keepalive=s.keepalive_s,
+                    clean_start=clean_start,
+                    properties=properties,
+                ),
                 "mqtt-connect",
             )
             sock = client.socket()
@@ -406,8 +474,16 @@ class MqttUplink:
                 session.receive_maximum,
                 self._window(session),
             )
+        if self._inbox is not None:
+            # Also when the broker kept the session (harmless, and it repairs a
+            # broker that lost it). Before the first reading goes out, so the
+            # backend's answer to it cannot miss the subscription.
+            options = SubscribeOptions(
+                qos=1, noLocal=True, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND
+            )
+            session.client.subscribe([(topic, options) for topic in self._inbox.topics])
         self.connected.set()
-        self._events.publish(UplinkUp())
+        self._events.publish(UplinkUp(confirming=self._settings.confirm))
         self._status_wanted.set()
         session.tasks = [
             asyncio.create_task(self._guarded(session, self._pump), name="mqtt-pump"),
@@ -501,11 +577,16 @@ class MqttUplink:
         flight = session.inflight.pop(mid, None)
         if flight is None:
             return
+        if code == NO_MATCHING_SUBSCRIBERS:
+            self._no_subscriber(flight)
+            return
         if code < 0x80:
             self._acked.append(flight.seq)
             self.delivered_count += 1
             self._poison.delivered(flight.seq)
             self._refusals.pop(flight.device_id, None)
+            if self._unheard.pop(flight.device_id, None) is not None:
+                log.info("mqtt: readings of device %s have a subscriber again", flight.device_id)
             self._events.publish(ReadingDelivered(flight.device_id, flight.reading_id))
             if self._ack_flusher is None or self._ack_flusher.done():
                 self._ack_flusher = asyncio.create_task(self._flush_acks(), name="mqtt-acks")
@@ -544,6 +625,27 @@ class MqttUplink:
         self._queue.pause_device(device, delay)
         self._events.publish(PublishRefused(device, reason))
 
+    def _no_subscriber(self, flight: _InFlight) -> None:
+        """PUBACK 0x10 (MQTT 5 §3.4.2.1): a success code, but nobody got the reading."""
+        device = flight.device_id
+        if device in self._queue.paused:
+            return  # the rest of the window answered the same; one pause is enough
+        first = device not in self._unheard
+        backoff = self._unheard.setdefault(
+            device, Backoff(UNHEARD_BACKOFF_INITIAL_S, UNHEARD_BACKOFF_MAX_S)
+        )
+        delay = backoff.next_delay()
+        topic = reading_topic(self._settings.topic_prefix, self._gateway_id, device)
+        # One WARNING per episode (until a reading of this device has a subscriber).
+        log.log(
+            logging.WARNING if first else logging.DEBUG,
+            "mqtt: no subscriber for %s (PUBACK 0x10, the broker dropped it): is the"
+            " backend subscribed? The readings stay unsent; retrying in %.1f s",
+            topic,
+            delay,
+        )
+        self._queue.pause_device(device, delay)
+
     async def _flush_acks(self) -> None:
         while self._acked:
             # Collect a little first: one transaction (one fsync) per batch of
@@ -552,15 +654,57 @@ class MqttUplink:
             if not self._stopping:
                 await asyncio.sleep(ACK_BATCH_S)
             batch, self._acked = self._acked, []
-            self._marking.update(batch)
-            try:
-                await self._store.mark_delivered(batch)
-            except Exception:
-                # Not marked: they will be resent (same ids) and the backend drops
-                # the duplicates. Losing nothing beats a tidy outbox.
-                log.exception("store: could not mark %d readings delivered", len(batch))
-            finally:
-                self._marking.difference_update(batch)
+            await self._mark_delivered(batch)
+
+    async def _mark_delivered(self, batch: list[int]) -> None:
+        if not batch:
+            return
+        self._marking.update(batch)
+        try:
+            await self._store.mark_delivered(batch)
+        except Exception:
+            # Not marked: they will be resent (same ids) and the backend drops
+            # the duplicates. Losing nothing beats a tidy outbox.
+            log.exception("store: could not mark %d readings delivered", len(batch))
+        finally:
+            self._marking.difference_update(batch)
+
+    # -- what the hub receives ---------------------------------------------------------
+
+    def _on_suback(self, codes: list[ReasonCode]) -> None:
+        assert self._inbox is not None
+        for topic, rc in zip(self._inbox.topics, codes, strict=False):
+            if rc.is_failure:
+                log.error(
+                    "mqtt: the broker refused the subscription to %s (%s): nothing sent"
+                    " there reaches the hub (check the broker's ACL)",
+                    topic,
+                    rc,
+                )
+
+    def _on_message(self, client: paho.Client, message: paho.MQTTMessage) -> None:
+        self._inbound.append((client, message))
+        if self._inbox_worker is None or self._inbox_worker.done():
+            self._inbox_worker = asyncio.create_task(self._take_inbound(), name="mqtt-inbox")
+
+    async def _take_inbound(self) -> None:
+        """Hand received messages to the inbox in order, what has queued up at once; then
+        PUBACK them (what queued while the last batch committed is one batch: group commit).
+        """
+        assert self._inbox is not None
+        while self._inbound:
+            taken = [self._inbound.popleft() for _ in range(min(INBOX_BATCH, len(self._inbound)))]
+            inbound = [
+                InboundMessage(m.topic, bytes(m.payload), m.qos, bool(m.retain)) for _, m in taken
+            ]
+            acknowledged = await self._inbox.dispatch_many(inbound)
+            session = self._session
+            for (client, message), acknowledge in zip(taken, acknowledged, strict=True):
+                # On a connection already given up there is nothing to acknowledge:
+                # the broker sends it again on the next one (MQTT 5 §4.4).
+                current = session is not None and session.client is client
+                if acknowledge and message.qos > 0 and current:
+                    client.ack(message.mid, message.qos)
 
     async def _status_loop(self, session: _Session) -> None:
         interval = self._settings.status_interval_s
