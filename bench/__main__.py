@@ -26,7 +26,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from bench import drain, footprint, ingest, latency, wear
+from bench import drain, fhir, footprint, ingest, latency, wear
 from bench.common import Result, filesystem_type, scratch_dir, scratch_parent
 from gateway.sim.broker import find_mosquitto
 
@@ -66,6 +66,7 @@ BENCHMARKS: dict[str, Runner] = {
     ),
     "latency": lambda quick: latency.run(count=100) if quick else latency.run(),
     "drain": lambda quick: drain.run(count=5_000, rounds=1) if quick else drain.run(),
+    "fhir": lambda quick: fhir.run(quick=quick),
     "ble_latency": _ble,
     "wear": lambda quick: (
         wear.run(steady=20, bursts=2, idle_window_s=30.0, quick=True) if quick else wear.run()

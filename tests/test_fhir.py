@@ -25,7 +25,7 @@ from gateway.mdc import MdcCode, Ucum
 from gateway.reading import Kind, Reading, Value, reading_id
 from gateway.sim.broker import MosquittoBroker
 from gateway.uplink import fhir_codes
-from gateway.uplink.fhir import render_fhir
+from gateway.uplink.fhir import reading_bundle, render_fhir
 from gateway.uplink.mqtt import _publish_properties, _publish_size, _render
 from gateway.uplink.payload import encode_reading
 from gateway.uplink.render import renderer_for
@@ -347,6 +347,15 @@ def test_every_status_flag_maps_to_the_ig(kind: Kind) -> None:
                 code = component["code"]["coding"][0]
                 assert code["system"] == fhir_codes.ASN1_SYSTEM
                 assert code["code"].startswith(b["code"]["coding"][0]["code"] + ".")
+
+
+@pytest.mark.parametrize("kind", list(EVERY_FLAG), ids=lambda k: k.value)
+def test_the_fast_render_is_the_reference_bundle(kind: Kind) -> None:
+    """render_fhir splices cached JSON; it must say exactly what reading_bundle builds."""
+    for flags in [(), tuple(sorted(EVERY_FLAG[kind])), ("testing_data", "device_clock_ahead")]:
+        payload = stored(reading(kind, EVERY_KIND[kind], flags))
+        reference = reading_bundle(json.loads(payload), version="0.1.0")
+        assert json.loads(render_fhir(payload, version="0.1.0")) == reference
 
 
 def test_a_flag_newer_than_the_mapping_is_kept_in_a_note() -> None:
