@@ -21,6 +21,7 @@ from gateway import __version__
 from gateway.backoff import Backoff
 from gateway.clock import Clock, SystemClock
 from gateway.clockcheck import clock_problem
+from gateway.clocksync import KernelSync, SyncSource
 from gateway.config import HubConfig
 from gateway.drivers.base import DriverContext, DriverOptions, StoredReading
 from gateway.drivers.ble.runtime import BleRuntime
@@ -62,6 +63,8 @@ UPLINK_GRACE_S = 2.0
 SHUTDOWN_BUDGET_S = 4.2
 PANEL_CLOSE_S = 0.5
 CLOCK_CHECK_S = 60.0
+#: How often the clock's synchronisation state is read (one syscall).
+CLOCK_SYNC_CHECK_S = 5.0
 
 
 def describe_error(exc: BaseException) -> str:
@@ -117,10 +120,13 @@ class Hub:
         notifier: SystemdNotifier | None = None,
         max_page_count: int | None = None,
         pin_factory: Any | None = None,
+        clock_sync: SyncSource | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
         self.clock: Clock = clock or SystemClock()
+        self.clock_sync: SyncSource = clock_sync or KernelSync()
+        self.clock_sync_interval_s = CLOCK_SYNC_CHECK_S
         self.events = events or EventBus()
         self.status = StatusTracker(gateway_id=config.gateway.id)
         self.notifier = notifier or SystemdNotifier(environ={})
@@ -180,7 +186,10 @@ class Hub:
         self.store = store
         self.events.subscribe(self._track_uplink)
         self._start_uplink(cfg)
-        background = [asyncio.create_task(self._housekeeping(), name="housekeeping")]
+        background = [
+            asyncio.create_task(self._housekeeping(), name="housekeeping"),
+            asyncio.create_task(self._watch_clock_sync(), name="clock-sync"),
+        ]
         if self.notifier.watchdog_interval_s is not None:
             background.append(asyncio.create_task(self._watchdog(), name="watchdog"))
         for options in cfg.devices:
@@ -515,6 +524,41 @@ class Hub:
             self.status.clock_wrong = False
             self.events.publish(ClockOk())
             self._status_changed()
+
+    def _check_clock_sync(self) -> None:
+        """Issue 13: follow the clock's synchronisation state; log and report each change."""
+        synced = self.clock_sync.synced()
+        status = self.status
+        if synced == status.clock_synced and status.clock_synced_since is not None:
+            return
+        first = status.clock_synced_since is None
+        before = status.clock_synced_since
+        status.clock_synced, status.clock_synced_since = synced, self.clock.now().timestamp()
+        if synced is None:
+            log.warning("clock: cannot tell whether it is synchronised (%s)", self.clock_sync.name)
+        elif synced:
+            if first:
+                log.info("clock: synchronised (%s)", self.clock_sync.name)
+            else:
+                # The clock may just have jumped: the wait is told in the new time.
+                waited = (
+                    "" if before is None else f" after {status.clock_synced_since - before:.0f} s"
+                )
+                log.info("clock: synchronised%s (%s)", waited, self.clock_sync.name)
+        else:
+            log.warning(
+                "clock: not synchronised (%s); readings the hub stamps may be misdated",
+                self.clock_sync.name,
+            )
+        self._status_changed()
+
+    async def _watch_clock_sync(self) -> None:
+        while True:
+            try:
+                self._check_clock_sync()
+            except Exception:
+                log.exception("clock: reading its synchronisation state failed; will try again")
+            await asyncio.sleep(self.clock_sync_interval_s)
 
     async def _housekeeping(self) -> None:
         """Purge delivered readings after the retention; checkpoint in NORMAL mode."""
