@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -65,6 +65,11 @@ PANEL_CLOSE_S = 0.5
 CLOCK_CHECK_S = 60.0
 #: How often the clock's synchronisation state is read (one syscall).
 CLOCK_SYNC_CHECK_S = 5.0
+_CLOCK_QUALITY: dict[bool | None, Literal["synced", "unsynced", "unknown"]] = {
+    True: "synced",
+    False: "unsynced",
+    None: "unknown",
+}
 
 
 def describe_error(exc: BaseException) -> str:
@@ -186,6 +191,9 @@ class Hub:
         self.store = store
         self.events.subscribe(self._track_uplink)
         self._start_uplink(cfg)
+        # Known before the first reading is stored (each says whether the clock was synced).
+        with contextlib.suppress(Exception):
+            self._check_clock_sync()
         background = [
             asyncio.create_task(self._housekeeping(), name="housekeeping"),
             asyncio.create_task(self._watch_clock_sync(), name="clock-sync"),
@@ -420,6 +428,10 @@ class Hub:
             )
         store = self.store
         assert store is not None
+        if reading.measured_at_quality is None:
+            # Issue 13: say how far the hub's clock could be trusted at this moment.
+            quality = _CLOCK_QUALITY[self.status.clock_synced]
+            reading = reading.model_copy(update={"measured_at_quality": quality})
         try:
             stored = await store.add(reading, self.clock.now())
         except StoreFullError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,10 @@ import pytest
 from gateway.clocksync import FileSync, KernelSync
 from gateway.daemon import Hub
 from gateway.drivers.registry import DriverRegistry
-from gateway.events import EventBus
-from gateway.sim.broker import MosquittoBroker
-from tests.helpers import load, write_config
-from tests.test_payload import STATUS_V
+from gateway.events import Event, EventBus, ReadingStored
+from gateway.sim.broker import MosquittoBroker, free_port
+from tests.helpers import load, next_event, sim_device, write_config
+from tests.test_payload import READING_V, STATUS_V
 from tests.test_uplink import StatusWatcher
 
 
@@ -65,3 +66,43 @@ async def test_the_status_says_when_the_clock_becomes_synchronised(
         hub.stop()
         await asyncio.wait_for(task, 6)
         watcher.close()
+
+
+async def test_each_reading_says_whether_the_clock_was_synchronised(tmp_path: Path) -> None:
+    """measured_at_quality: "unsynced" until the sync source says so, then "synced"."""
+    flag = tmp_path / "synchronized"
+    config = write_config(
+        tmp_path / "hub.toml",
+        broker=None,  # nothing delivered: every reading stays in the store to look at
+        state_dir=tmp_path / "state",
+        devices=[sim_device("t-1", "temperature", interval_s=0.05, seed=1)],
+        mqtt={"port": free_port()},
+    )
+    events = EventBus()
+    stored: asyncio.Queue[Event] = asyncio.Queue()
+    events.subscribe(lambda e: stored.put_nowait(e) if isinstance(e, ReadingStored) else None)
+    hub = Hub(
+        load(config), DriverRegistry.from_entry_points(), events=events, clock_sync=FileSync(flag)
+    )
+    hub.clock_sync_interval_s = 0.02
+    task = asyncio.create_task(hub.run())
+    try:
+        await next_event(stored, ReadingStored, 10)
+        flag.touch()
+        async with asyncio.timeout(10):
+            while hub.status.clock_synced is not True:
+                await asyncio.sleep(0.01)
+        await next_event(stored, ReadingStored, 10)
+        await next_event(stored, ReadingStored, 10)
+        assert hub.store is not None
+        rows = await hub.store.fetch_unsent(0, 100)
+    finally:
+        hub.stop()
+        await asyncio.wait_for(task, 6)
+    qualities = [json.loads(row.payload)["measured_at_quality"] for row in rows]
+    assert qualities[0] == "unsynced" and qualities[-1] == "synced"
+    # Once synced, never "unsynced" again (the state only moved forward here).
+    first_synced = qualities.index("synced")
+    assert set(qualities[first_synced:]) == {"synced"}
+    for row in rows:
+        READING_V.validate(json.loads(row.payload))

@@ -358,6 +358,29 @@ def test_the_fast_render_is_the_reference_bundle(kind: Kind) -> None:
         assert json.loads(render_fhir(payload, version="0.1.0")) == reference
 
 
+@pytest.mark.parametrize("quality", ["synced", "unsynced", "unknown"])
+def test_the_hubs_clock_state_is_in_its_device_and_a_note(quality: str) -> None:
+    """PhgDevice clockBitProperty 68219.8 mds-time-state-abs-time-synced (ASN1ToHL7)."""
+    r = reading(Kind.TEMPERATURE, [(mdc.TEMP_BODY, 36.9, "Cel")], source="hub")
+    r = r.model_copy(update={"measured_at_quality": quality})
+    bundle = bundle_of(r)
+    phg = next(
+        e["resource"]
+        for e in bundle["entry"]
+        if e["resource"]["meta"]["profile"] == [IG + "PhgDevice"]
+    )
+    synced = [p for p in phg["property"] if p["type"]["coding"][0]["code"] == "68219.8"]
+    (obs,) = observations(bundle)
+    if quality == "unknown":
+        assert synced == [] and "note" not in obs
+        return
+    assert synced[0]["valueCode"][0]["coding"][0]["code"] == ("Y" if quality == "synced" else "N")
+    assert ("note" in obs) == (quality == "unsynced")
+    payload = stored(r)
+    reference = reading_bundle(json.loads(payload), version="0.1.0")
+    assert json.loads(render_fhir(payload, version="0.1.0")) == reference
+
+
 def test_a_flag_newer_than_the_mapping_is_kept_in_a_note() -> None:
     r = reading(Kind.TEMPERATURE, [(mdc.TEMP_BODY, 36.9, "Cel")], ("brand_new_flag",))
     (obs,) = observations(bundle_of(r))

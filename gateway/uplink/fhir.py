@@ -121,6 +121,9 @@ class _Reading:
         self.notes: list[str] = []
         for flag in doc.get("status", ()):
             self._classify(flag)
+        if doc.get("measured_at_quality") == "unsynced" and doc.get("measured_at_source") == "hub":
+            # Issue 13: the gateway stamped it with a clock not yet synchronised.
+            self.notes.append(fc.UNSYNCED_NOTE)
 
     @functools.cached_property
     def cts_url(self) -> str:
@@ -350,9 +353,10 @@ def _specializations() -> list[Json]:
     ]
 
 
-def _phg_device(gateway: str, version: str) -> Json:
-    """The hub itself (PhgDevice): system id, software version, time synchronisation."""
-    return {
+def _phg_device(gateway: str, version: str, quality: str | None) -> Json:
+    """The hub itself (PhgDevice): system id, software version, time synchronisation
+    (method, and whether its clock was synchronised when it stored the reading)."""
+    device: Json = {
         "resourceType": "Device",
         "meta": {"profile": [fc.PHG_DEVICE_PROFILE]},
         "identifier": [{"system": fc.GATEWAY_ID_SYSTEM, "value": gateway}],
@@ -373,6 +377,18 @@ def _phg_device(gateway: str, version: str) -> Json:
             }
         ],
     }
+    if quality in ("synced", "unsynced"):
+        device["property"].append(
+            {
+                "type": {"coding": [_coding(fc.ASN1_SYSTEM, *_pair(fc.CLOCK_ABS_TIME_SYNCED))]},
+                "valueCode": [{"coding": [_yes_no(quality == "synced")]}],
+            }
+        )
+    return device
+
+
+def _yes_no(yes: bool) -> Json:
+    return _coding(fc.YES_NO_SYSTEM, "Y", "Yes") if yes else _coding(fc.YES_NO_SYSTEM, "N", "No")
 
 
 def _pair(code: fc.Code) -> tuple[str, str]:
@@ -427,14 +443,14 @@ def _phd_device(r: _Reading, version: str) -> Json:
         device["property"] = [
             {
                 "type": {"coding": [_coding(fc.ASN1_SYSTEM, *_pair(fc.CLOCK_REAL_TIME))]},
-                "valueCode": [{"coding": [_coding(fc.YES_NO_SYSTEM, "Y", "Yes")]}],
+                "valueCode": [{"coding": [_yes_no(True)]}],
             }
         ]
     return device
 
 
 def _device_entries(r: _Reading, version: str) -> list[Json]:
-    phg = _phg_device(r.gateway, version)
+    phg = _phg_device(r.gateway, version, r.doc.get("measured_at_quality"))
     phd = _phd_device(r, version)
     return [
         _entry(r.phg_url, phg, phg["identifier"][0]),
@@ -442,18 +458,27 @@ def _device_entries(r: _Reading, version: str) -> list[Json]:
     ]
 
 
+_DeviceKey = tuple[str, str, str, str, str | None, str | None]
+
+
+def _device_key(r: _Reading) -> _DeviceKey:
+    """What the Device entries depend on."""
+    source, quality = r.doc.get("measured_at_source"), r.doc.get("measured_at_quality")
+    return r.gateway, r.device_id, r.driver, r.kind, source, quality
+
+
 @functools.lru_cache(maxsize=256)
-def _device_entries_json(  # noqa: PLR0917 - the cache key
-    gateway: str, device_id: str, driver: str, kind: str, source: str, version: str
-) -> str:
+def _device_entries_json(key: _DeviceKey, version: str) -> str:
     """The two Device entries as JSON: the same for every reading of a device, so made
     once (they are half a Bundle's bytes and most of its encoding time)."""
+    gateway, device_id, driver, kind, source, quality = key
     doc = {
         "id": "",
         "gateway": gateway,
         "kind": kind,
         "device": {"id": device_id, "driver": driver},
         "measured_at_source": source,
+        "measured_at_quality": quality,
     }
     return ",".join(_dumps(e) for e in _device_entries(_Reading(doc), version))
 
@@ -519,9 +544,7 @@ def render_fhir(payload: bytes, *, version: str) -> bytes:
     taken from a cache (tests check that the two agree).
     """
     r = _Reading(json.loads(payload))
-    devices = _device_entries_json(
-        r.gateway, r.device_id, r.driver, r.kind, r.doc.get("measured_at_source", ""), version
-    )
+    devices = _device_entries_json(_device_key(r), version)
     head = _dumps(_bundle_head(r.id))
     entries = ",".join([devices, *(_entry_json(e) for e in _observation_entries(r))])
     return f'{head[:-1]},"entry":[{entries}]}}'.encode()

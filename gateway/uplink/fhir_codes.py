@@ -76,6 +76,12 @@ ID_PROD_SPEC_FW: Final = Code("531976", "MDC_ID_PROD_SPEC_FW")
 DEV_SPEC_PROFILE_GENERIC: Final = Code("528457", "MDC_DEV_SPEC_PROFILE_GENERIC")
 # ASN1ToHL7 68219.0: the device has a real-time clock (PhdDevice.property[clockBitProperty]).
 CLOCK_REAL_TIME: Final = Code("68219.0", "mds-time-capab-real-time-clock")
+# ASN1ToHL7 68219.8: the absolute time has been synced (PhgDevice.property[clockBitProperty]).
+CLOCK_ABS_TIME_SYNCED: Final = Code("68219.8", "mds-time-state-abs-time-synced")
+#: Observation.note of a reading the hub stamped while its clock was not synchronised.
+UNSYNCED_NOTE: Final = (
+    "stamped by the gateway while its clock was not synchronised: the time may be wrong"
+)
 
 # Device.specialization[MDCType].systemType per reading kind (ValueSet DeviceTypes11073MDC).
 SPECIALIZATIONS: Final[dict[str, Code]] = {
