@@ -399,6 +399,7 @@ class Hub:
             pairing=self.pairing,
             report=report,
             count=count,
+            clock_synced=lambda: self.status.clock_synced,
             cursors=self.store,
             services={BleRuntime: self.ble},
         )
