@@ -62,9 +62,14 @@ class KernelSync:
             return None
         timex = _Timex()  # modes 0: read only
         state = self._adjtimex(ctypes.byref(timex))
-        if state < 0:
+        if state < 0:  # e.g. EPERM from a seccomp filter (see SystemSync)
             return None
         return state != TIME_ERROR and not timex.status & STA_UNSYNC
+
+
+#: systemd-timesyncd creates this on each synchronisation (sd-timesyncd(8)); /run is
+#: emptied at boot, so it means "synchronised since this boot".
+TIMESYNCD_FLAG = Path("/run/systemd/timesync/synchronized")
 
 
 class FileSync:
@@ -78,3 +83,30 @@ class FileSync:
 
     def synced(self) -> bool | None:
         return os.path.exists(self.path)
+
+
+class SystemSync:
+    """The hub's default: the kernel, and systemd-timesyncd's flag where the kernel
+    will not say.
+
+    homehub.service has ProtectClock=yes, and systemd then filters the @clock system
+    calls, adjtimex(2) included even when it only reads (EPERM). Raspberry Pi OS sets
+    its clock with systemd-timesyncd, whose flag file says the same. Without either
+    (chrony under the hardened unit) the hub cannot tell: None.
+    """
+
+    def __init__(self, kernel: SyncSource | None = None, flag: Path = TIMESYNCD_FLAG) -> None:
+        self._kernel = kernel or KernelSync()
+        self._flag = flag
+        self.name = "kernel"
+
+    def synced(self) -> bool | None:
+        synced = self._kernel.synced()
+        if synced is not None:
+            self.name = "kernel"
+            return synced
+        if self._flag.parent.is_dir():  # timesyncd runs (its state directory exists)
+            self.name = "systemd-timesyncd"
+            return self._flag.exists()
+        self.name = "none"
+        return None

@@ -21,7 +21,7 @@ from gateway import __version__
 from gateway.backoff import Backoff
 from gateway.clock import Clock, SystemClock
 from gateway.clockcheck import clock_problem
-from gateway.clocksync import KernelSync, SyncSource
+from gateway.clocksync import SyncSource, SystemSync
 from gateway.config import HubConfig
 from gateway.drivers.base import DriverContext, DriverOptions, StoredReading
 from gateway.drivers.ble.runtime import BleRuntime
@@ -130,7 +130,7 @@ class Hub:
         self.config = config
         self.registry = registry
         self.clock: Clock = clock or SystemClock()
-        self.clock_sync: SyncSource = clock_sync or KernelSync()
+        self.clock_sync: SyncSource = clock_sync or SystemSync()
         self.clock_sync_interval_s = CLOCK_SYNC_CHECK_S
         self.events = events or EventBus()
         self.status = StatusTracker(gateway_id=config.gateway.id)

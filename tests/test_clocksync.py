@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.clocksync import FileSync, KernelSync
+from gateway.clocksync import FileSync, KernelSync, SystemSync
 from gateway.daemon import Hub
 from gateway.drivers.registry import DriverRegistry
 from gateway.events import Event, EventBus, ReadingStored
@@ -106,3 +106,25 @@ async def test_each_reading_says_whether_the_clock_was_synchronised(tmp_path: Pa
     assert set(qualities[first_synced:]) == {"synced"}
     for row in rows:
         READING_V.validate(json.loads(row.payload))
+
+
+class Refused:
+    """A kernel source that cannot answer (adjtimex filtered by ProtectClock=yes)."""
+
+    name = "kernel"
+
+    def synced(self) -> bool | None:
+        return None
+
+
+def test_the_default_falls_back_to_timesyncds_flag(tmp_path: Path) -> None:
+    state = tmp_path / "timesync"
+    flag = state / "synchronized"
+    assert SystemSync(Refused(), flag).synced() is None  # no timesyncd: cannot tell
+    state.mkdir()
+    source = SystemSync(Refused(), flag)
+    assert source.synced() is False
+    flag.touch()
+    assert source.synced() is True and source.name == "systemd-timesyncd"
+    # The kernel, when it answers, is the source.
+    assert SystemSync(FileSync(flag), tmp_path / "absent" / "x").synced() is True
