@@ -156,6 +156,11 @@ class MqttSection(_Section):
     ca_file: FilePath | None = None
     cert_file: FilePath | None = None
     key_file: FilePath | None = None
+    payload: Literal["homehub", "fhir"] = Field(
+        default="homehub",
+        description="Readings on the wire: 'homehub' (homehub.reading/1 JSON) or 'fhir' (an "
+        "HL7 FHIR R4 transaction Bundle of the Personal Health Device IG, issue 13).",
+    )
 
     @model_validator(mode="after")
     def _check_pairs(self) -> MqttSection:

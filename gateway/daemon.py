@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import Any, Literal
 
 from homehub_contract import confirm_topic
 from pydantic import ValidationError
@@ -22,6 +22,7 @@ from gateway import __version__
 from gateway.backoff import Backoff
 from gateway.clock import Clock, SystemClock
 from gateway.clockcheck import clock_problem
+from gateway.clocksync import SyncSource, SystemSync
 from gateway.config import HubConfig
 from gateway.drivers.base import DriverContext, DriverOptions, StoredReading
 from gateway.drivers.ble.runtime import BleRuntime
@@ -66,6 +67,13 @@ UPLINK_GRACE_S = 2.0
 SHUTDOWN_BUDGET_S = 4.2
 PANEL_CLOSE_S = 0.5
 CLOCK_CHECK_S = 60.0
+#: How often the clock's synchronisation state is read (one syscall).
+CLOCK_SYNC_CHECK_S = 5.0
+_CLOCK_QUALITY: dict[bool | None, Literal["synced", "unsynced", "unknown"]] = {
+    True: "synced",
+    False: "unsynced",
+    None: "unknown",
+}
 
 
 def describe_error(exc: BaseException) -> str:
@@ -121,10 +129,13 @@ class Hub:
         notifier: SystemdNotifier | None = None,
         max_page_count: int | None = None,
         pin_factory: Any | None = None,
+        clock_sync: SyncSource | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
         self.clock: Clock = clock or SystemClock()
+        self.clock_sync: SyncSource = clock_sync or SystemSync()
+        self.clock_sync_interval_s = CLOCK_SYNC_CHECK_S
         self.events = events or EventBus()
         self.status = StatusTracker(gateway_id=config.gateway.id)
         self.notifier = notifier or SystemdNotifier(environ={})
@@ -190,7 +201,13 @@ class Hub:
         self.store = store
         self.events.subscribe(self._track_uplink)
         self._start_uplink(cfg)
-        background = [asyncio.create_task(self._housekeeping(), name="housekeeping")]
+        # Known before the first reading is stored (each says whether the clock was synced).
+        with contextlib.suppress(Exception):
+            self._check_clock_sync()
+        background = [
+            asyncio.create_task(self._housekeeping(), name="housekeeping"),
+            asyncio.create_task(self._watch_clock_sync(), name="clock-sync"),
+        ]
         if self.notifier.watchdog_interval_s is not None:
             background.append(asyncio.create_task(self._watchdog(), name="watchdog"))
         for options in cfg.devices:
@@ -414,6 +431,7 @@ class Hub:
             pairing=self.pairing,
             report=report,
             count=count,
+            clock_synced=lambda: self.status.clock_synced,
             cursors=self.store,
             services={BleRuntime: self.ble},
         )
@@ -443,6 +461,10 @@ class Hub:
             )
         store = self.store
         assert store is not None
+        if reading.measured_at_quality is None:
+            # Issue 13: say how far the hub's clock could be trusted at this moment.
+            quality = _CLOCK_QUALITY[self.status.clock_synced]
+            reading = reading.model_copy(update={"measured_at_quality": quality})
         try:
             stored = await store.add(reading, self.clock.now())
         except StoreFullError:
@@ -561,6 +583,41 @@ class Hub:
             self.status.clock_wrong = False
             self.events.publish(ClockOk())
             self._status_changed()
+
+    def _check_clock_sync(self) -> None:
+        """Issue 13: follow the clock's synchronisation state; log and report each change."""
+        synced = self.clock_sync.synced()
+        status = self.status
+        if synced == status.clock_synced and status.clock_synced_since is not None:
+            return
+        first = status.clock_synced_since is None
+        before = status.clock_synced_since
+        status.clock_synced, status.clock_synced_since = synced, self.clock.now().timestamp()
+        if synced is None:
+            log.warning("clock: cannot tell whether it is synchronised (%s)", self.clock_sync.name)
+        elif synced:
+            if first:
+                log.info("clock: synchronised (%s)", self.clock_sync.name)
+            else:
+                # The clock may just have jumped: the wait is told in the new time.
+                waited = (
+                    "" if before is None else f" after {status.clock_synced_since - before:.0f} s"
+                )
+                log.info("clock: synchronised%s (%s)", waited, self.clock_sync.name)
+        else:
+            log.warning(
+                "clock: not synchronised (%s); readings the hub stamps may be misdated",
+                self.clock_sync.name,
+            )
+        self._status_changed()
+
+    async def _watch_clock_sync(self) -> None:
+        while True:
+            try:
+                self._check_clock_sync()
+            except Exception:
+                log.exception("clock: reading its synchronisation state failed; will try again")
+            await asyncio.sleep(self.clock_sync_interval_s)
 
     async def _housekeeping(self) -> None:
         """Purge delivered readings after the retention; checkpoint in NORMAL mode."""

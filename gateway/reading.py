@@ -77,6 +77,11 @@ class Reading(BaseModel):
     # device timestamp). When present the id is derived from it, so the same
     # record read twice is stored once and published under one id.
     source_key: str | None = None
+    # Issue 13: whether the hub's clock was synchronised (NTP) when it stored this
+    # reading; set by the hub, not by drivers. "unsynced" with measured_at_source
+    # "hub" means measured_at may be hours or days off (a Pi boots with the time it
+    # saved at shutdown).
+    measured_at_quality: Literal["synced", "unsynced", "unknown"] | None = None
 
     @field_validator("status")
     @classmethod

@@ -57,6 +57,9 @@ class StatusTracker:
     disk_full: bool = False
     store_full: bool = False
     clock_wrong: bool = False
+    #: issue 13: the clock is synchronised (None: cannot tell), and since when (wall time)
+    clock_synced: bool | None = None
+    clock_synced_since: float | None = None
 
     def document(
         self, stats: StoreStats, *, now: float | None = None, held_back: int = 0
@@ -84,6 +87,7 @@ class StatusTracker:
             "last_confirmation_at": iso_utc(stats.last_confirmation_at),
             "uplink": {"connected": self.uplink_connected, "held_back": held_back},
             "clock_ok": not self.clock_wrong,
+            "clock": {"synced": self.clock_synced, "since": iso_utc(self.clock_synced_since)},
             "store": {
                 "dropped": stats.dropped,
                 "full": self.store_full,

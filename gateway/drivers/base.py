@@ -70,6 +70,11 @@ def _ignore_count(name: str) -> None:
     """Default `count`: nobody listens."""
 
 
+def _clock_state_unknown() -> bool | None:
+    """Default `clock_synced`: nobody knows (so nothing writes the time to a device)."""
+    return None
+
+
 @dataclass(slots=True)
 class DriverContext:
     """Everything a driver may use from the hub; passed in, never global."""
@@ -93,6 +98,10 @@ class DriverContext:
     #: Count an event the status shows per device (e.g. "skipped_other_user": a
     #: shared cuff's record of someone else); never a patient value in the name.
     count: Callable[[str], None] = _ignore_count
+    #: Whether the hub's clock is synchronised to a time server now (None: cannot
+    #: tell). Issue 13: a driver writes the time to a device only when it is True,
+    #: never teaching a cuff the stale time a Pi boots with.
+    clock_synced: Callable[[], bool | None] = _clock_state_unknown
     #: the store's per-device cursors (e.g. a glucose meter's last stored sequence)
     cursors: Cursors | None = None
     #: shared hub resources by type (e.g. the BLE runtime all BLE drivers share)

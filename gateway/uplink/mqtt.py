@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import threading
@@ -63,6 +64,7 @@ from gateway.store import OutboxRow, Store
 from gateway.uplink.inbox import InboundMessage, Inbox
 from gateway.uplink.outbox import PoisonGuard, PublishQueue
 from gateway.uplink.payload import offline_status
+from gateway.uplink.render import renderer_for
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +152,10 @@ async def _in_daemon_thread(fn: Callable[[], T], name: str) -> T:
     return await future
 
 
-def _publish_size(topic: str, payload: bytes) -> int:
-    """Bytes of a QoS 1 PUBLISH without properties (MQTT 5 §3.3)."""
-    remaining = 2 + len(topic.encode()) + 2 + 1 + len(payload)
+def _publish_size(topic: str, payload: bytes, properties: Properties | None = None) -> int:
+    """Bytes of a QoS 1 PUBLISH (MQTT 5 §3.3); without properties, 1 for their length."""
+    props = len(properties.pack()) if properties is not None else 1  # type: ignore[no-untyped-call]
+    remaining = 2 + len(topic.encode()) + 2 + props + len(payload)
     length_bytes = 1 if remaining < 128 else 2 if remaining < 16384 else 3
     return 1 + length_bytes + remaining
 
@@ -194,6 +197,8 @@ class MqttUplink:
         self._inbox_worker: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         self.delivered_count = 0
+        # Issue 13: `[mqtt] payload` renders the stored payload at publish time.
+        self._render = renderer_for(settings.payload, version=version)
 
     # -- what the daemon calls ---------------------------------------------------
 
@@ -548,11 +553,16 @@ class MqttUplink:
 
     def _publish(self, session: _Session, row: OutboxRow) -> None:
         topic = reading_topic(self._settings.topic_prefix, self._gateway_id, row.device_id)
+        rendered = _render(self._render, row.payload)
+        if isinstance(rendered, str):
+            self._hold(row.seq, row.device_id, rendered)
+            return
+        payload, properties = rendered
         limit = session.maximum_packet_size
-        if limit is not None and _publish_size(topic, row.payload) > limit:
+        if limit is not None and _publish_size(topic, payload, properties) > limit:
             self._hold(row.seq, row.device_id, f"larger than the broker's {limit} byte limit")
             return
-        info = session.client.publish(topic, row.payload, qos=1, retain=False)
+        info = session.client.publish(topic, payload, qos=1, retain=False, properties=properties)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             # Not sent (connection just dropped, or paho's queue is full): it
             # stays unsent in the store and goes out on a later pass.
@@ -732,3 +742,32 @@ def _close_in_background(client: paho.Client) -> None:
             client.loop_stop()
 
     threading.Thread(target=close, name="mqtt-close", daemon=True).start()
+
+
+# -- issue 13: the payload renderer hook (gateway/uplink/render.py) ------------------------
+
+
+def _render(
+    render: Callable[[bytes], tuple[bytes, str | None]], stored: bytes
+) -> tuple[bytes, Properties | None] | str:
+    """The bytes and PUBLISH properties for a stored payload, or why it cannot go.
+
+    A payload the renderer fails on is held back like any reading the broker cannot
+    take (it stays unsent and is retried later), so it never blocks the ones behind it.
+    """
+    try:
+        payload, content_type = render(stored)
+    except Exception as exc:
+        return f"cannot be rendered for [mqtt] payload: {type(exc).__name__}"
+    return payload, _publish_properties(content_type)
+
+
+@functools.cache
+def _publish_properties(content_type: str | None) -> Properties | None:
+    """MQTT 5 §3.3.2.3.9 Content Type, and §3.3.2.3.2 Payload Format Indicator 1 (UTF-8)."""
+    if content_type is None:
+        return None
+    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    properties.PayloadFormatIndicator = 1
+    properties.ContentType = content_type
+    return properties

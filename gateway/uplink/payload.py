@@ -49,6 +49,8 @@ def encode_reading(
         ],
         "status": list(reading.status),
     }
+    if reading.measured_at_quality is not None:
+        doc["measured_at_quality"] = reading.measured_at_quality
     # allow_nan=False: a non-finite number must never reach the backend (the
     # Value model already turns them into None; this is the last guard).
     return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()

@@ -493,6 +493,7 @@ async def test_blood_pressure_driver_through_the_runtime(bluez: MockBluez) -> No
         clock=SystemClock(),
         logger=logging.getLogger("test.bp"),
         emit=emit,
+        clock_synced=lambda: True,  # issue 13: the time is written only when synchronised
         services={BleRuntime: runtime},
     )
     try:

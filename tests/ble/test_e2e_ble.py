@@ -13,6 +13,7 @@ from typing import Any
 import jsonschema
 from homehub_contract import load_schema
 
+from gateway.clocksync import FileSync
 from gateway.config import validate_config
 from gateway.daemon import Hub
 from gateway.drivers.registry import DriverRegistry
@@ -47,7 +48,10 @@ async def running_hub(
         },
         DriverRegistry.from_entry_points(),
     )
-    hub = Hub(config, DriverRegistry.from_entry_points())
+    # A synchronised clock (issue 13: the hub writes the time to devices only then).
+    synced = tmp_path / "clock-synchronized"
+    synced.touch()
+    hub = Hub(config, DriverRegistry.from_entry_points(), clock_sync=FileSync(synced))
     task = asyncio.create_task(hub.run())
     try:
         yield hub

@@ -160,6 +160,11 @@ class BleDriver(Driver):
                     await client.disconnect()
 
     async def _set_time(self, client: BleakClient) -> None:
+        if self.context.clock_synced() is not True:
+            # Issue 13: the hub's own clock may be the stale time a Pi boots with;
+            # the device keeps its time rather than learn a wrong one.
+            self.context.logger.debug("device time not set: the hub's clock is not synchronised")
+            return
         now = self.context.clock.now().replace(tzinfo=None)  # the device wants local time
         for uuid, payload in (
             (CURRENT_TIME_UUID, encode_current_time(now)),

@@ -1,0 +1,588 @@
+"""A `homehub.reading/1` document as an HL7 FHIR R4 Bundle of the PHD IG (issue 13).
+
+The store keeps the native payload; this renders it at publish time, so the same
+stored reading always gives the same bytes (every resend is identical, and its
+identifiers are derived from the reading id: a server recognises it).
+
+**Bundle type: `transaction`**, not `collection`. The IG's notes for uploaders
+("Profiles overview", Some Notes for Implementers of Uploaders) recommend a
+transaction Bundle for a gateway that cannot wait for server answers: the
+Observations reference the PHD and PHG Devices by temporary `urn:uuid:` ids inside
+the Bundle, and conditional creates (`request.ifNoneExist`) keep the server free of
+duplicates, both of the Devices (included every time) and of the Observations (on
+`identifier`, the IG's conditional-create identifier of PhdBaseObservation). The hub
+resends after every lost connection, so the server *must* be able to drop a resend;
+the IG's own Bundle example is a transaction too. A backend relays it unchanged with
+one `POST [base]` (after resolving the patient, below). A `collection` would leave
+every backend to invent this.
+
+**Patient.** The hub knows nothing about its patient (ARCHITECTURE.md: no patient
+identifiers on the hub). The IG allows the Patient never to be uploaded by the
+gateway, the backend supplying the link: `subject` is a logical reference,
+`{"type": "Patient", "identifier": {"system": "urn:homehub:gateway-id", "value":
+<gateway id>}}`, "the patient this hub follows", which the backend resolves.
+
+The mapping of every kind, code and status flag is in `fhir_codes`.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from gateway.uplink import fhir_codes as fc
+
+CONTENT_TYPE = "application/fhir+json"
+# Namespace of the Bundle's temporary ids (fullUrl). Never change it: a resend would
+# get other fullUrls (harmless for a server, but no longer byte-identical).
+_FULL_URL_NAMESPACE = uuid.UUID("0b6f3f39-6d7e-5a61-a7a2-5d1f1b6a3e42")
+#: Bundle.identifier system: the native reading id, for a backend that drops duplicates.
+READING_ID_SYSTEM = "urn:homehub:reading-id"
+
+Json = dict[str, Any]
+
+
+_NAMESPACE_BYTES = _FULL_URL_NAMESPACE.bytes
+
+
+def _urn(*parts: str) -> str:
+    """`urn:uuid:` + uuid5(namespace, "/".join(parts)), without building UUID objects
+    (the uplink makes several per publish; uuid.uuid5 costs ~3 times this)."""
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + "/".join(parts).encode()).digest()[:16])  # noqa: S324 - RFC 4122 name-based ids, not security
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"urn:uuid:{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+# One encoder for every call (json.dumps with options builds a new one each time).
+# allow_nan=False: a non-finite number must never reach the backend.
+_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
+
+@functools.lru_cache(maxsize=256)
+def _device_urls(gateway: str, device_id: str, driver: str) -> tuple[str, str]:
+    return _urn("phg", gateway), _urn("phd", gateway, device_id, driver)
+
+
+def _coding(system: str, code: str, display: str | None = None) -> Json:
+    coding: Json = {"system": system, "code": code}
+    if display is not None:
+        coding["display"] = display
+    return coding
+
+
+def _absent(reason: str) -> Json:
+    """A dataAbsentReason CodeableConcept (Observation.dataAbsentReason)."""
+    return {"coding": [_coding(fc.DATA_ABSENT_SYSTEM, reason, fc.DATA_ABSENT_DISPLAY[reason])]}
+
+
+def _absent_primitive(reason: str = "unknown") -> Json:
+    """The `_element` of a primitive the hub does not know (FHIR data-absent-reason)."""
+    return {"extension": [{"url": fc.DATA_ABSENT_EXTENSION, "valueCode": reason}]}
+
+
+def _entry(full_url: str, resource: Json, identifier: Json) -> Json:
+    """A transaction entry: a conditional create on the resource's identifier."""
+    return {
+        "fullUrl": full_url,
+        "resource": resource,
+        "request": {
+            "method": "POST",
+            "url": resource.get("resourceType", "Observation"),
+            "ifNoneExist": f"identifier={identifier['system']}|{identifier['value']}",
+        },
+    }
+
+
+def _mdc_coding(number: int, name: str | None) -> Json:
+    return _coding(fc.MDC_SYSTEM, str(number), name)
+
+
+class _Reading:
+    """One native reading and what the IG makes of its status flags."""
+
+    def __init__(self, doc: Json) -> None:
+        self.doc = doc
+        self.id: str = doc["id"]
+        self.gateway: str = doc["gateway"]
+        self.kind: str = doc["kind"]
+        self.device_id: str = doc["device"]["id"]
+        self.driver: str = doc["device"]["driver"]
+        self.phg_url, self.phd_url = _device_urls(self.gateway, self.device_id, self.driver)
+        self.bits: dict[str, tuple[fc.BitsType, dict[str, fc.Bit]]] = {}
+        self.conditions: list[fc.MeasurementStatus] = []
+        self.clock_faults: list[str] = []
+        self.notes: list[str] = []
+        for flag in doc.get("status", ()):
+            self._classify(flag)
+        if doc.get("measured_at_quality") == "unsynced" and doc.get("measured_at_source") == "hub":
+            # Issue 13: the gateway stamped it with a clock not yet synchronised.
+            self.notes.append(fc.UNSYNCED_NOTE)
+
+    @functools.cached_property
+    def cts_url(self) -> str:
+        return _urn("cts", self.id)
+
+    def _classify(self, flag: str) -> None:
+        bit = fc.bit_for(self.kind, flag)
+        if bit is not None:
+            _, bits = self.bits.setdefault(bit.type.code, (bit.type, {}))
+            bits.setdefault(bit.code, bit)  # two hub flags may name one bit
+        elif flag in fc.MEASUREMENT_STATUS_FLAGS:
+            condition = fc.MEASUREMENT_STATUS_FLAGS[flag]
+            self.conditions.append(condition)
+            if condition.note is not None:
+                self.notes.append(condition.note)
+        elif flag in fc.CLOCK_FLAGS:
+            self.clock_faults.append(fc.CLOCK_FLAGS[flag])
+        else:
+            # A flag newer than this mapping: said, never silently dropped.
+            self.notes.append(f"device status flag: {flag}")
+
+    # -- the Observations' common parts ------------------------------------------------
+
+    @property
+    def status(self) -> str:
+        wanted = {c.status for c in self.conditions if c.status}
+        for status in ("entered-in-error", "preliminary"):
+            if status in wanted:
+                return status
+        return "final"
+
+    @property
+    def data_absent(self) -> str | None:
+        """A Measurement-Status condition that voids every value (it takes precedence)."""
+        reasons = [c.data_absent for c in self.conditions if c.data_absent]
+        return reasons[0] if reasons else None
+
+    def extensions(self) -> list[Json]:
+        ext: list[Json] = [
+            {"url": fc.GATEWAY_DEVICE_EXTENSION, "valueReference": {"reference": self.phg_url}}
+        ]
+        if self.clock_faults:
+            ext.append(
+                {
+                    "url": fc.COINCIDENT_TIMESTAMP_EXTENSION,
+                    "valueReference": {"reference": self.cts_url},
+                }
+            )
+        return ext
+
+    def observation(self, profile: str, code: Json, identifier: str, vital: bool) -> Json:
+        """An Observation whose parts shared by a device's readings are left to `_shared`."""
+        test_data = any(c.test_data for c in self.conditions)
+        key = (self.gateway, self.phg_url, self.phd_url, profile, vital, test_data)
+        obs: Json = {
+            _SHARED: (*key, not self.clock_faults),
+            "identifier": [{"system": fc.CONDITIONAL_CREATE_SYSTEM, "value": identifier}],
+            "status": "final",
+            "code": code,
+            "effectiveDateTime": self.doc["measured_at"],
+        }
+        if self.clock_faults:
+            obs["extension"] = self.extensions()
+        return obs
+
+    def add_conditions(self, obs: Json) -> None:
+        """Measurement-Status conditions of a value Observation (IG base notes, table)."""
+        obs["status"] = self.status
+        codes = dict.fromkeys(c.interpretation for c in self.conditions if c.interpretation)
+        if codes:
+            obs["interpretation"] = [
+                {"coding": [_coding(fc.MEASUREMENT_STATUS_SYSTEM, code)]} for code in codes
+            ]
+        if self.notes:
+            obs["note"] = [{"text": note} for note in self.notes]
+
+
+# The key, in an Observation under construction, of its shared parts (see _shared).
+_SHARED = "_shared"
+_SharedKey = tuple[str, str, str, str, bool, bool, bool]
+
+
+@functools.lru_cache(maxsize=1024)
+def _shared(key: _SharedKey) -> Json:
+    """The parts of an Observation that all of one device's readings of a sort share."""
+    gateway, phg_url, phd_url, profile, vital, test_data, with_extension = key
+    meta: Json = {"profile": [profile]}
+    if test_data:
+        meta["security"] = [_coding(fc.ACT_REASON_SYSTEM, "HTEST", "test health data")]
+    category = [{"coding": [_coding(fc.PHD_CATEGORY_SYSTEM, "phd")]}]
+    if vital:
+        category.append(
+            {"coding": [_coding(fc.OBSERVATION_CATEGORY_SYSTEM, "vital-signs", "Vital Signs")]}
+        )
+    shared: Json = {"resourceType": "Observation", "meta": meta}
+    if with_extension:
+        shared["extension"] = [
+            {"url": fc.GATEWAY_DEVICE_EXTENSION, "valueReference": {"reference": phg_url}}
+        ]
+    return shared | {
+        "category": category,
+        "subject": {
+            "type": "Patient",
+            "identifier": {"system": fc.GATEWAY_ID_SYSTEM, "value": gateway},
+        },
+        "device": {"reference": phd_url},
+    }
+
+
+@functools.lru_cache(maxsize=1024)
+def _shared_json(key: _SharedKey) -> str:
+    """`_shared(key)` as JSON members, without the braces, to splice into an object."""
+    return _dumps(_shared(key))[1:-1]
+
+
+def _expand(resource: Json) -> Json:
+    if _SHARED not in resource:
+        return resource
+    rest = dict(resource)
+    return _shared(rest.pop(_SHARED)) | rest
+
+
+def _quantity(value: float, unit: str) -> Json:
+    return {"value": value, "unit": unit, "system": fc.UCUM_SYSTEM, "code": unit}
+
+
+def _value_code(value: Json) -> Json:
+    return _code_of(value["mdc"], value["code"])
+
+
+@functools.lru_cache(maxsize=256)
+def _code_of(number: int, name: str) -> Json:
+    coding = [_mdc_coding(number, name)]
+    coding += [_coding(fc.LOINC_SYSTEM, c.code, c.display) for c in fc.LOINC.get(number, ())]
+    return {"coding": coding}
+
+
+class _Identifiers:
+    """`<reading id>-<MDC type>`, with `-<n>` for the n-th repeat of a type (RR intervals)."""
+
+    def __init__(self, reading_id: str) -> None:
+        self._reading_id = reading_id
+        self._seen: dict[str, int] = {}
+
+    def __call__(self, code: str) -> str:
+        n = self._seen.get(code, 0)
+        self._seen[code] = n + 1
+        return f"{self._reading_id}-{code}" + (f"-{n}" if n else "")
+
+
+def _numeric(r: _Reading, value: Json, identifier: str) -> Json:
+    obs = r.observation(
+        fc.NUMERIC_PROFILE, _value_code(value), identifier, value["mdc"] in fc.LOINC
+    )
+    r.add_conditions(obs)
+    reason = r.data_absent
+    if reason is None and value["value"] is not None:
+        obs["valueQuantity"] = _quantity(value["value"], value["unit"])
+    else:
+        obs["dataAbsentReason"] = _absent(reason or fc.NULL_VALUE_REASON)
+    return obs
+
+
+def _compound_bp(r: _Reading, parts: list[Json], identifier: str) -> Json:
+    code = {
+        "coding": [
+            _mdc_coding(int(fc.PRESS_BLD_NONINV.code), fc.PRESS_BLD_NONINV.display),
+            _coding(fc.LOINC_SYSTEM, fc.BP_PANEL_LOINC.code, fc.BP_PANEL_LOINC.display),
+        ]
+    }
+    obs = r.observation(fc.COMPOUND_NUMERIC_PROFILE, code, identifier, vital=True)
+    r.add_conditions(obs)
+    reason = r.data_absent
+    if reason is not None:
+        # IG: no components when the Measurement-Status says the measurement failed.
+        obs["dataAbsentReason"] = _absent(reason)
+        return obs
+    components = []
+    for value in parts:
+        component: Json = {"code": _value_code(value)}
+        if value["value"] is None:
+            component["dataAbsentReason"] = _absent(fc.NULL_VALUE_REASON)
+        else:
+            component["valueQuantity"] = _quantity(value["value"], value["unit"])
+        components.append(component)
+    obs["component"] = components
+    return obs
+
+
+def _bits(r: _Reading, kind: fc.BitsType, bits: Iterable[fc.Bit], derived: str) -> Json:
+    code = {"coding": [_mdc_coding(int(kind.code), kind.display)]}
+    obs = r.observation(fc.BITS_PROFILE, code, f"{r.id}-{kind.code}", vital=False)
+    obs["derivedFrom"] = [{"reference": derived}]
+    obs["component"] = [
+        {"code": {"coding": [_coding(fc.ASN1_SYSTEM, b.code, b.display)]}, "valueBoolean": True}
+        for b in sorted(bits, key=lambda b: b.bit)
+    ]
+    return obs
+
+
+def _coincident_timestamp(r: _Reading) -> Json:
+    """The device's clock could not be trusted: a coincident timestamp with a time fault.
+
+    The hub has not read the device's current time (clock governance, issue 13 part
+    2, is not built), so the value is absent, as in the IG's coin-example-timefault.
+    """
+    code = {"coding": [_mdc_coding(int(fc.ATTR_TIME_ABS.code), fc.ATTR_TIME_ABS.display)]}
+    absent = _absent("unknown")
+    absent["text"] = "; ".join(dict.fromkeys(r.clock_faults))
+    return {
+        "resourceType": "Observation",
+        "meta": {"profile": [fc.COINCIDENT_TIMESTAMP_PROFILE]},
+        "identifier": [{"system": fc.URI_SYSTEM, "value": r.cts_url}],
+        "status": "final",
+        "code": code,
+        "subject": {"reference": r.phd_url},
+        "effectiveDateTime": r.doc["received_at"],
+        "dataAbsentReason": absent,
+        "device": {"reference": r.phg_url},
+    }
+
+
+def _specializations() -> list[Json]:
+    return [
+        {"systemType": {"coding": [_coding(fc.MDC_SYSTEM, spec.code, spec.display)]}}
+        for spec in fc.SPECIALIZATIONS.values()
+    ]
+
+
+def _phg_device(gateway: str, version: str, quality: str | None) -> Json:
+    """The hub itself (PhgDevice): system id, software version, time synchronisation
+    (method, and whether its clock was synchronised when it stored the reading)."""
+    device: Json = {
+        "resourceType": "Device",
+        "meta": {"profile": [fc.PHG_DEVICE_PROFILE]},
+        "identifier": [{"system": fc.GATEWAY_ID_SYSTEM, "value": gateway}],
+        "manufacturer": "homehub",
+        "modelNumber": "homehub",
+        "type": {"coding": [_coding(fc.MDC_SYSTEM, fc.MDS_AHD.code, fc.MDS_AHD.display)]},
+        "specialization": _specializations(),
+        "version": [
+            {
+                "type": {"coding": [_coding(fc.MDC_SYSTEM, *_pair(fc.ID_PROD_SPEC_SW))]},
+                "value": version,
+            }
+        ],
+        "property": [
+            {
+                "type": {"coding": [_coding(fc.MDC_SYSTEM, *_pair(fc.TIME_SYNC_PROTOCOL))]},
+                "valueCode": [{"coding": [_coding(fc.MDC_SYSTEM, *_pair(fc.TIME_SYNC_SNTP))]}],
+            }
+        ],
+    }
+    if quality in ("synced", "unsynced"):
+        device["property"].append(
+            {
+                "type": {"coding": [_coding(fc.ASN1_SYSTEM, *_pair(fc.CLOCK_ABS_TIME_SYNCED))]},
+                "valueCode": [{"coding": [_yes_no(quality == "synced")]}],
+            }
+        )
+    return device
+
+
+def _yes_no(yes: bool) -> Json:
+    return _coding(fc.YES_NO_SYSTEM, "Y", "Yes") if yes else _coding(fc.YES_NO_SYSTEM, "N", "No")
+
+
+def _pair(code: fc.Code) -> tuple[str, str]:
+    return code.code, code.display
+
+
+def _phd_device(r: _Reading, version: str) -> Json:
+    """The measuring device (PhdDevice), as far as the hub knows it."""
+    manufacturer, model = fc.DRIVER_DEVICES.get(r.driver, (None, None))
+    device: Json = {
+        "resourceType": "Device",
+        "meta": {"profile": [fc.PHD_DEVICE_PROFILE]},
+        "identifier": [
+            {"system": fc.DEVICE_ID_SYSTEM, "value": f"{r.gateway}/{r.device_id}/{r.driver}"}
+        ],
+    }
+    if manufacturer is None:
+        device["_manufacturer"] = _absent_primitive()
+    else:
+        device["manufacturer"] = manufacturer
+    if model is None:
+        device["_modelNumber"] = _absent_primitive()
+    else:
+        device["modelNumber"] = model
+    spec = fc.SPECIALIZATIONS[r.kind]
+    software = r.driver == "simulated"  # the simulated device is the hub's own software
+    device |= {
+        "deviceName": [{"name": r.device_id, "type": "user-friendly-name"}],
+        "type": {"coding": [_coding(fc.MDC_SYSTEM, fc.MDS_SIMP.code, fc.MDS_SIMP.display)]},
+        "specialization": [
+            {
+                "systemType": {"coding": [_coding(fc.MDC_SYSTEM, spec.code, spec.display)]},
+                "_version": _absent_primitive(),
+            }
+        ],
+        "version": [
+            {
+                "type": {
+                    "coding": [
+                        _coding(
+                            fc.MDC_SYSTEM,
+                            *_pair(fc.ID_PROD_SPEC_SW if software else fc.ID_PROD_SPEC_FW),
+                        )
+                    ]
+                },
+                **({"value": version} if software else {"_value": _absent_primitive()}),
+            }
+        ],
+    }
+    if r.doc.get("measured_at_source") == "device":
+        # Its own clock stamped the reading (PhdDevice.property[clockBitProperty]).
+        device["property"] = [
+            {
+                "type": {"coding": [_coding(fc.ASN1_SYSTEM, *_pair(fc.CLOCK_REAL_TIME))]},
+                "valueCode": [{"coding": [_yes_no(True)]}],
+            }
+        ]
+    return device
+
+
+def _device_entries(r: _Reading, version: str) -> list[Json]:
+    phg = _phg_device(r.gateway, version, r.doc.get("measured_at_quality"))
+    phd = _phd_device(r, version)
+    return [
+        _entry(r.phg_url, phg, phg["identifier"][0]),
+        _entry(r.phd_url, phd, phd["identifier"][0]),
+    ]
+
+
+_DeviceKey = tuple[str, str, str, str, str | None, str | None]
+
+
+def _device_key(r: _Reading) -> _DeviceKey:
+    """What the Device entries depend on."""
+    source, quality = r.doc.get("measured_at_source"), r.doc.get("measured_at_quality")
+    return r.gateway, r.device_id, r.driver, r.kind, source, quality
+
+
+@functools.lru_cache(maxsize=256)
+def _device_entries_json(key: _DeviceKey, version: str) -> str:
+    """The two Device entries as JSON: the same for every reading of a device, so made
+    once (they are half a Bundle's bytes and most of its encoding time)."""
+    gateway, device_id, driver, kind, source, quality = key
+    doc = {
+        "id": "",
+        "gateway": gateway,
+        "kind": kind,
+        "device": {"id": device_id, "driver": driver},
+        "measured_at_source": source,
+        "measured_at_quality": quality,
+    }
+    return ",".join(_dumps(e) for e in _device_entries(_Reading(doc), version))
+
+
+def _observation_entries(r: _Reading, *, fast: bool = False) -> list[Json | str]:
+    """The Observation entries in Bundle order. With `fast`, a plain numeric one (no
+    status flag, a value) comes as its JSON text already (see _numeric_entry_json)."""
+    doc = r.doc
+    entries: list[Json | str] = []
+    if r.clock_faults:
+        cts = _coincident_timestamp(r)
+        entries.append(_entry(r.cts_url, cts, cts["identifier"][0]))
+    identifiers = _Identifiers(r.id)
+    observations: list[Json | str] = []
+    urls: list[str] = []
+    values: list[Json] = list(doc["values"])
+    compound = [v for v in values if v["mdc"] in fc.BP_COMPONENTS]
+    if r.kind == "blood_pressure" and compound:
+        urls.append(_urn("obs", r.id, "0"))
+        observations.append(_compound_bp(r, compound, identifiers(fc.PRESS_BLD_NONINV.code)))
+        values = [v for v in values if v["mdc"] not in fc.BP_COMPONENTS]
+    plain = fast and not (r.conditions or r.notes or r.clock_faults)
+    for v in values:
+        url = _urn("obs", r.id, str(len(observations)))
+        urls.append(url)
+        identifier = identifiers(str(v["mdc"]))
+        if plain and v["value"] is not None:
+            observations.append(_numeric_entry_json(r, v, identifier, url))
+        else:
+            observations.append(_numeric(r, v, identifier))
+    for kind, bits in r.bits.values():
+        observations.append(_bits(r, kind, bits.values(), derived=urls[0]))
+        urls.append(_urn("obs", r.id, kind.code))
+    for url, obs in zip(urls, observations, strict=True):
+        entries.append(obs if isinstance(obs, str) else _entry(url, obs, obs["identifier"][0]))
+    return entries
+
+
+@functools.lru_cache(maxsize=256)
+def _code_json(number: int, name: str) -> str:
+    return _dumps(_code_of(number, name))
+
+
+def _numeric_entry_json(r: _Reading, value: Json, identifier: str, url: str) -> str:
+    """A plain PhdNumericObservation entry (no status flag, a value) as JSON text, by
+    template: most of a drain's Observations, at a fraction of the encoder's cost.
+    tests/test_fhir.py holds it equal to what _numeric and _entry build."""
+    number: int = value["mdc"]
+    key = (r.gateway, r.phg_url, r.phd_url, fc.NUMERIC_PROFILE, number in fc.LOINC, False, True)
+    unit = _string(value["unit"])
+    return (
+        f'{{"fullUrl":{_string(url)},"resource":{{{_shared_json(key)},'
+        f'"identifier":[{{"system":"{fc.CONDITIONAL_CREATE_SYSTEM}","value":{_string(identifier)}}}],'
+        f'"status":"final","code":{_code_json(number, value["code"])},'
+        f'"effectiveDateTime":{_string(r.doc["measured_at"])},'
+        f'"valueQuantity":{{"value":{_dumps(value["value"])},"unit":{unit},'
+        f'"system":"{fc.UCUM_SYSTEM}","code":{unit}}}}},'
+        f'"request":{{"method":"POST","url":"Observation","ifNoneExist":'
+        f"{_string(f'identifier={fc.CONDITIONAL_CREATE_SYSTEM}|{identifier}')}}}}}"
+    )
+
+
+def _bundle_head(reading_id: str) -> Json:
+    return {
+        "resourceType": "Bundle",
+        "identifier": {"system": READING_ID_SYSTEM, "value": reading_id},
+        "type": "transaction",
+    }
+
+
+def reading_bundle(doc: Json, *, version: str) -> Json:
+    """The transaction Bundle for one `homehub.reading/1` document."""
+    r = _Reading(doc)
+    entries = _device_entries(r, version)
+    for e in _observation_entries(r):
+        assert not isinstance(e, str)  # fast=False: every entry is a document
+        entries.append(e | {"resource": _expand(e["resource"])})
+    return {**_bundle_head(r.id), "entry": entries}
+
+
+def _entry_json(entry: Json | str) -> str:
+    if isinstance(entry, str):
+        return entry
+    resource: Json = entry["resource"]
+    if _SHARED not in resource:
+        return _dumps(entry)
+    rest = dict(resource)
+    shared = _shared_json(rest.pop(_SHARED))
+    request = entry["request"]
+    return (
+        f'{{"fullUrl":{_string(entry["fullUrl"])},"resource":{{{shared},{_dumps(rest)[1:]}'
+        f',"request":{{"method":"POST","url":"Observation","ifNoneExist":'
+        f"{_string(request['ifNoneExist'])}}}}}"
+    )
+
+
+def render_fhir(payload: bytes, *, version: str) -> bytes:
+    """Stored `homehub.reading/1` bytes -> FHIR JSON bytes (compact UTF-8).
+
+    The same document as `json.dumps(reading_bundle(...))`, with the Device entries
+    taken from a cache (tests check that the two agree).
+    """
+    r = _Reading(json.loads(payload))
+    devices = _device_entries_json(_device_key(r), version)
+    head = _dumps(_bundle_head(r.id))
+    entries = ",".join([devices, *(_entry_json(e) for e in _observation_entries(r, fast=True))])
+    return f'{head[:-1]},"entry":[{entries}]}}'.encode()

@@ -1,0 +1,57 @@
+"""Issue 13: the hub writes the time to a device only while its own clock is synchronised."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from pathlib import Path
+
+from gateway.clocksync import FileSync
+from gateway.config import validate_config
+from gateway.daemon import Hub
+from gateway.drivers.registry import DriverRegistry
+from gateway.events import Event, EventBus, ReadingStored
+from gateway.sim.ble import encode
+from gateway.sim.ble.profiles import BloodPressureMonitor
+from gateway.sim.broker import free_port
+from tests.ble.conftest import Air
+from tests.helpers import next_event
+
+WHEN = datetime(2026, 11, 22, 9, 14, 3)
+
+
+async def test_no_time_written_while_unsynchronised_then_written(tmp_path: Path, air: Air) -> None:
+    bp = BloodPressureMonitor(air.air, "C0:00:00:00:00:21", "BP")
+    await bp.start()
+    await bp.measure(encode.blood_pressure(120, 80, 93, when=WHEN))
+    flag = tmp_path / "synchronized"
+    config = validate_config(
+        {
+            "gateway": {"id": "hub-clock", "state_dir": str(tmp_path / "state")},
+            "mqtt": {"host": "127.0.0.1", "port": free_port()},  # no broker needed
+            "ble": {"stack": "bumble", "transport": air.transport, "connect_timeout_s": 5.0},
+            "devices": [
+                {"id": "bp", "driver": "ble.blood_pressure", "address": bp.address, "idle_s": 0.5}
+            ],
+        },
+        DriverRegistry.from_entry_points(),
+    )
+    events = EventBus()
+    stored: asyncio.Queue[Event] = asyncio.Queue()
+    events.subscribe(lambda e: stored.put_nowait(e) if isinstance(e, ReadingStored) else None)
+    hub = Hub(config, DriverRegistry.from_entry_points(), events=events, clock_sync=FileSync(flag))
+    hub.clock_sync_interval_s = 0.02
+    task = asyncio.create_task(hub.run())
+    try:
+        # The visit writes the time (or not) before it reads the record.
+        await next_event(stored, ReadingStored, 20)
+        assert not bp.time_set.is_set()
+        flag.touch()
+        async with asyncio.timeout(5):
+            while hub.status.clock_synced is not True:
+                await asyncio.sleep(0.01)
+        await bp.measure(encode.blood_pressure(121, 81, 94, when=WHEN.replace(minute=20)))
+        await asyncio.wait_for(bp.time_set.wait(), 20)
+    finally:
+        hub.stop()
+        await asyncio.wait_for(task, 8)
