@@ -19,6 +19,7 @@ from gateway import __version__
 from gateway.config import DEFAULT_CONFIG_PATH, EX_CONFIG, HubConfig, config_model, load_config
 from gateway.drivers.registry import DriverRegistry
 from gateway.errors import ConfigError, GatewayError
+from gateway.identity import restrict_umask
 from gateway.logsetup import setup_logging
 
 log = logging.getLogger("gateway.cli")
@@ -341,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Issue 14: before anything is created (store, WAL/SHM, bonds, keys): private files.
+    restrict_umask()
     setup_logging(args.log_level)
     result: int = args.func(args)
     return result
