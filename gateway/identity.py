@@ -13,9 +13,22 @@ from __future__ import annotations
 import contextlib
 import grp
 import os
+import pwd
+import re
 import stat
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+
+from gateway.drivers.base import ID_PATTERN
+from gateway.errors import GatewayError
+
+ID_RE = re.compile(ID_PATTERN)
+
+
+class IdentityError(GatewayError):
+    """The hub's key or certificate cannot be made, read or used."""
+
 
 #: The umask the hub sets for itself outside systemd: files 0600, directories 0700.
 PRIVATE_UMASK = 0o077
@@ -82,3 +95,105 @@ def secret_file_problem(path: Path) -> str | None:
             f"it holds a secret: chmod 0600 it, or give it to group {SERVICE_GROUP}"
         )
     return None
+
+
+# -- provisioning (issue 14 part 1) -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Provisioned:
+    key_path: Path
+    csr_path: Path
+    csr_pem: str
+    new_key: bool
+
+
+def _write_private(path: Path, data: bytes, *, owner: tuple[int, int] | None) -> None:
+    """Write `data` to `path` atomically, mode 0600 from the start (whatever the umask)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        if owner is not None:
+            os.chown(tmp, *owner)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    # The rename is durable only once the directory is synced (a power cut).
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def service_owner(user: str | None) -> tuple[int, int] | None:
+    """(uid, gid) of `user` when we are root and it exists; the key is then the service's."""
+    if user is None or os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return None
+    return entry.pw_uid, entry.pw_gid
+
+
+def provision(
+    gateway_id: str,
+    key_path: Path,
+    csr_path: Path,
+    *,
+    new_key: bool = False,
+    owner: tuple[int, int] | None = None,
+) -> Provisioned:
+    """Make the hub's key (EC P-256, 0600) unless it has one, and a CSR naming `gateway_id`.
+
+    An existing key is kept and a fresh CSR made for it (a lost request, a certificate
+    to re-issue); `new_key` replaces it, keeping the old one as `NAME.old`. The key
+    never leaves this function other than into its file.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    if not ID_RE.fullmatch(gateway_id):
+        raise IdentityError(f"gateway id {gateway_id!r} is not a valid [gateway] id")
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    made = new_key or not key_path.exists()
+    if made:
+        key = ec.generate_private_key(ec.SECP256R1())
+        if key_path.exists():
+            os.replace(key_path, key_path.with_name(key_path.name + ".old"))
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        _write_private(key_path, pem, owner=owner)
+    else:
+        loaded = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+            raise IdentityError(f"{key_path} is not an EC private key; give --new-key")
+        key = loaded
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, gateway_id)]))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    csr_pem = csr.public_bytes(serialization.Encoding.PEM).decode()
+    tmp = csr_path.with_name(f".{csr_path.name}.tmp")
+    tmp.write_text(csr_pem)
+    os.replace(tmp, csr_path)
+    return Provisioned(key_path, csr_path, csr_pem, made)
