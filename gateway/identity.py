@@ -18,8 +18,11 @@ import re
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
+from gateway.clockcheck import clock_problem
 from gateway.drivers.base import ID_PATTERN
 from gateway.errors import GatewayError
 
@@ -197,3 +200,71 @@ def provision(
     tmp.write_text(csr_pem)
     os.replace(tmp, csr_path)
     return Provisioned(key_path, csr_path, csr_pem, made)
+
+
+# -- the certificate's lifecycle (issue 14 part 2) ----------------------------------------
+
+#: A WARNING from this many days before the certificate ends (a renewal takes time).
+EXPIRY_WARNING_DAYS = 30
+
+CertState = Literal["ok", "expiring", "expired", "not_yet_valid", "unreadable"]
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateCheck:
+    """What the hub knows of its client certificate at one moment."""
+
+    state: CertState
+    not_before: datetime | None = None
+    not_after: datetime | None = None
+    days_left: float | None = None
+    #: for the log and the status; names dates and files, never a key
+    problem: str | None = None
+
+    @property
+    def needs_help(self) -> bool:
+        """Expired, not yet valid or unreadable: the broker will refuse the hub."""
+        return self.state in ("expired", "not_yet_valid", "unreadable")
+
+
+def _utc(moment: datetime) -> str:
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+
+
+def check_certificate(path: Path, now: datetime) -> CertificateCheck:
+    """Read `path`'s validity and judge it at `now` (an aware datetime)."""
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not a PEM certificate"
+        return CertificateCheck("unreadable", problem=f"cannot read {path}: {reason}")
+    not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
+    days_left = round((not_after - now).total_seconds() / 86400, 1)
+
+    def check(state: CertState, problem: str | None = None) -> CertificateCheck:
+        return CertificateCheck(state, not_before, not_after, days_left, problem)
+
+    renew = "renew it (homehub provision, docs/INSTALL.md)"
+    if now < not_before:
+        # A Pi without a battery clock starts in the past: say which of the two is wrong.
+        clock = clock_problem(now)
+        why = (
+            f"{clock}: the hub's clock is wrong, not the certificate"
+            if clock is not None
+            else "the hub's clock looks right, so the certificate was issued for later"
+        )
+        return check(
+            "not_yet_valid",
+            f"the client certificate is not valid yet (from {_utc(not_before)}); {why}",
+        )
+    if now >= not_after:
+        return check("expired", f"the client certificate expired on {_utc(not_after)}; {renew}")
+    if days_left <= EXPIRY_WARNING_DAYS:
+        return check(
+            "expiring",
+            f"the client certificate expires in {days_left:.0f} day(s), on "
+            f"{_utc(not_after)}; {renew}",
+        )
+    return check("ok")

@@ -43,6 +43,8 @@ class StatusTracker:
     disk_full: bool = False
     store_full: bool = False
     clock_wrong: bool = False
+    #: the client certificate's validity (issue 14); None without a client certificate
+    tls: dict[str, Any] | None = None
 
     def document(
         self, stats: StoreStats, *, now: float | None = None, held_back: int = 0
@@ -63,6 +65,7 @@ class StatusTracker:
             "last_delivery_at": iso_utc(stats.last_delivery_at),
             "uplink": {"connected": self.uplink_connected, "held_back": held_back},
             "clock_ok": not self.clock_wrong,
+            "tls": self.tls,
             "store": {
                 "dropped": stats.dropped,
                 "full": self.store_full,
