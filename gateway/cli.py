@@ -19,6 +19,7 @@ from gateway import __version__
 from gateway.config import DEFAULT_CONFIG_PATH, EX_CONFIG, HubConfig, config_model, load_config
 from gateway.drivers.registry import DriverRegistry
 from gateway.errors import ConfigError, GatewayError
+from gateway.identity import restrict_umask
 from gateway.logsetup import setup_logging
 
 log = logging.getLogger("gateway.cli")
@@ -257,6 +258,52 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+# -- provision -----------------------------------------------------------------------
+
+
+def _configured_id(path: Path) -> str | None:
+    """[gateway] id from the raw file: the config may name a key_file not made yet."""
+    import tomllib
+
+    try:
+        gateway = tomllib.loads(path.read_text("utf-8")).get("gateway", {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    value = gateway.get("id") if isinstance(gateway, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    from gateway.identity import IdentityError, provision, service_owner
+
+    gateway_id = args.id or _configured_id(args.config)
+    if gateway_id is None:
+        print(
+            f"homehub provision: give --id, or a config with [gateway] id ({args.config})",
+            file=sys.stderr,
+        )
+        return EX_USAGE
+    key = args.key or args.dir / f"{gateway_id}.key"
+    csr = args.csr or key.with_suffix(".csr")
+    try:
+        made = provision(
+            gateway_id, key, csr, new_key=args.new_key, owner=service_owner(args.owner)
+        )
+    except (IdentityError, OSError, ValueError) as exc:
+        print(f"homehub provision: {exc}", file=sys.stderr)
+        return EX_FAIL
+    what = "made a new key" if made.new_key else "kept the existing key"
+    print(
+        f"homehub provision: {what} {made.key_path} (EC P-256, mode 0600; it never leaves "
+        f"this hub)\nhomehub provision: certificate request for CN={gateway_id} in "
+        f"{made.csr_path}; have it signed by the care organisation's CA, put the "
+        "certificate in [mqtt] cert_file and this key in key_file (docs/INSTALL.md)",
+        file=sys.stderr,
+    )
+    print(made.csr_pem, end="")
+    return EX_OK
+
+
 # -- simulate ------------------------------------------------------------------------
 
 
@@ -336,6 +383,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ble", action="store_true", help="add virtual BLE devices (Bumble stack)")
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser(
+        "provision", help="make the hub's key on this device and print a certificate request"
+    )
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, help="for [gateway] id")
+    p.add_argument("--id", help="gateway id for the request's CN (default: the config's)")
+    p.add_argument("--dir", type=Path, default=Path("/etc/homehub"), help="where ID.key goes")
+    p.add_argument("--key", type=Path, help="the key file (default: DIR/ID.key)")
+    p.add_argument("--csr", type=Path, help="the request file (default: the key's, .csr)")
+    p.add_argument("--new-key", action="store_true", help="replace an existing key (kept .old)")
+    p.add_argument("--owner", default="homehub", help="run as root: give the key to this user")
+    p.set_defaults(func=cmd_provision)
+
     p = sub.add_parser("simulate", help="virtual medical devices, until Ctrl-C")
     p.add_argument(
         "--serial", type=Path, metavar="DIR", help="serial devices: one pty each, linked in DIR"
@@ -352,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Issue 14: before anything is created (store, WAL/SHM, bonds, keys): private files.
+    restrict_umask()
     setup_logging(args.log_level)
     result: int = args.func(args)
     return result

@@ -10,6 +10,7 @@ discriminated by `driver`, built from the registered drivers' option models.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -32,6 +33,9 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from gateway.drivers.base import ID_PATTERN, DriverOptions
 from gateway.drivers.registry import DriverRegistry
 from gateway.errors import ConfigError
+from gateway.identity import secret_file_problem
+
+log = logging.getLogger(__name__)
 
 EX_CONFIG = 78  # sysexits.h: configuration error
 DEFAULT_CONFIG_PATH = Path("/etc/homehub/homehub.toml")
@@ -479,4 +483,18 @@ def load_config(path: Path, registry: DriverRegistry) -> HubConfig:
         raise ConfigError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from None
-    return validate_config(data, registry)
+    config = validate_config(data, registry)
+    warn_unprotected_secrets(config)
+    return config
+
+
+def warn_unprotected_secrets(config: HubConfig) -> list[str]:
+    """WARN about secret files other users can read (issue 14), as ssh does; return them."""
+    warnings = []
+    for name in ("password_file", "key_file"):
+        path = getattr(config.mqtt, name)
+        problem = None if path is None else secret_file_problem(path)
+        if problem is not None:
+            warnings.append(f"mqtt.{name}: {problem}")
+            log.warning("mqtt.%s: %s", name, problem)
+    return warnings

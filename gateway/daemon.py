@@ -29,6 +29,8 @@ from gateway.drivers.ble.runtime import BleRuntime
 from gateway.drivers.registry import DriverRegistry
 from gateway.errors import DriverError, StoreError, StoreFullError
 from gateway.events import (
+    CertificateOk,
+    CertificateTrouble,
     ClockOk,
     ClockWrong,
     DeviceFailing,
@@ -45,10 +47,11 @@ from gateway.events import (
     UplinkDown,
     UplinkUp,
 )
+from gateway.identity import CertificateCheck, check_certificate
 from gateway.panel import Panel, create_panel
 from gateway.reading import Reading
 from gateway.sdnotify import SystemdNotifier
-from gateway.status import DeviceStatus, StatusTracker
+from gateway.status import DeviceStatus, StatusTracker, iso_utc
 from gateway.store import Recovery, Store
 from gateway.uplink.confirm import MAX_CONFIRM_BYTES, ConfirmHandler, ConfirmWatch
 from gateway.uplink.inbox import Inbox
@@ -90,6 +93,28 @@ def describe_error(exc: BaseException) -> str:
 
 
 DRIVER_STOP_S = 1.0
+
+#: certificate states that need help -> the panel's reason
+_CERT_HELP = {
+    "expired": "certificate expired",
+    "not_yet_valid": "certificate not yet valid",
+    "unreadable": "certificate unreadable",
+}
+
+
+def _tls_status(check: CertificateCheck) -> dict[str, Any]:
+    """The status document's `tls` block (contract: status-1.json)."""
+    return {
+        "cert_expires_at": None
+        if check.not_after is None
+        else iso_utc(check.not_after.timestamp()),
+        "cert_valid_from": None
+        if check.not_before is None
+        else iso_utc(check.not_before.timestamp()),
+        "days_left": check.days_left,
+        "state": check.state,
+        "problem": check.problem,
+    }
 
 
 async def _cancel_bounded(
@@ -161,6 +186,9 @@ class Hub:
         self.panel: Panel | None = None
         #: shared by the BLE drivers; opens nothing until a driver scans
         self.ble = BleRuntime(config.ble, config.gateway.state_dir / "ble-bonds.json")
+        #: what was last logged about the client certificate (state, days left when expiring)
+        self._cert_logged: tuple[str, int] | None = None
+        self._cert_trouble: str | None = None  # the panel's reason, while there is one
 
     def stop(self) -> None:
         """Ask the hub to stop; `run()` returns once it has shut down cleanly."""
@@ -200,6 +228,7 @@ class Hub:
         )
         self.store = store
         self.events.subscribe(self._track_uplink)
+        self._check_certificate()  # before the first status goes out
         self._start_uplink(cfg)
         # Known before the first reading is stored (each says whether the clock was synced).
         with contextlib.suppress(Exception):
@@ -380,6 +409,7 @@ class Hub:
             log.info(
                 "reload: %d device(s) now, %d added, %d removed", len(new_devices), added, removed
             )
+            self._check_certificate()
             self._status_changed()
             self.notifier.ready(f"running with {len(new_devices)} device(s)")
 
@@ -619,6 +649,37 @@ class Hub:
                 log.exception("clock: reading its synchronisation state failed; will try again")
             await asyncio.sleep(self.clock_sync_interval_s)
 
+    def _check_certificate(self) -> None:
+        """The client certificate's validity into the status, the log and the panel (issue 14).
+
+        Logged when its state changes (and once a day while it is running out), so a
+        check every minute does not flood the journal.
+        """
+        cert_file = self.config.mqtt.cert_file
+        check = None if cert_file is None else check_certificate(cert_file, self.clock.now())
+        before = self.status.tls
+        self.status.tls = None if check is None else _tls_status(check)
+        logged = None
+        if check is not None and check.state != "ok":
+            logged = (check.state, int(check.days_left or 0) if check.state == "expiring" else 0)
+        if logged != self._cert_logged and check is not None:
+            if check.needs_help:
+                log.error("tls: %s", check.problem)
+            elif check.state == "expiring":
+                log.warning("tls: %s", check.problem)
+            elif self._cert_logged is not None:
+                log.info("tls: the client certificate is valid again")
+        self._cert_logged = logged
+        trouble = None if check is None else _CERT_HELP.get(check.state)
+        if trouble != self._cert_trouble:
+            self._cert_trouble = trouble
+            if trouble is None:
+                self.events.publish(CertificateOk("check"))
+            else:
+                self.events.publish(CertificateTrouble("check", trouble))
+        if (before or {}).get("state") != (self.status.tls or {}).get("state"):
+            self._status_changed()
+
     async def _housekeeping(self) -> None:
         """Purge delivered readings after the retention; checkpoint in NORMAL mode."""
         store_cfg = self.config.store
@@ -630,6 +691,7 @@ class Hub:
         last_purge = 0.0
         while True:
             self._check_clock()
+            self._check_certificate()
             now = time.monotonic()
             try:
                 if now - last_purge >= store_cfg.purge_interval_s:

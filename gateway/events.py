@@ -177,3 +177,20 @@ class EventBus:
         """An unbounded queue receiving every event from now on (tests, status)."""
         q: asyncio.Queue[Event] = asyncio.Queue()
         return q, self.subscribe(q.put_nowait)
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateTrouble(Event):
+    """The hub's TLS identity cannot work (issue 14): "needs help" until CertificateOk.
+
+    `source` is "check" (the certificate file: expired, not yet valid, unreadable) or
+    "broker" (the broker refused it); `reason` is short, for the panel.
+    """
+
+    source: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateOk(Event):
+    source: str

@@ -60,6 +60,8 @@ class StatusTracker:
     #: issue 13: the clock is synchronised (None: cannot tell), and since when (wall time)
     clock_synced: bool | None = None
     clock_synced_since: float | None = None
+    #: the client certificate's validity (issue 14); None without a client certificate
+    tls: dict[str, Any] | None = None
 
     def document(
         self, stats: StoreStats, *, now: float | None = None, held_back: int = 0
@@ -88,6 +90,7 @@ class StatusTracker:
             "uplink": {"connected": self.uplink_connected, "held_back": held_back},
             "clock_ok": not self.clock_wrong,
             "clock": {"synced": self.clock_synced, "since": iso_utc(self.clock_synced_since)},
+            "tls": self.tls,
             "store": {
                 "dropped": stats.dropped,
                 "full": self.store_full,

@@ -65,6 +65,8 @@ def make_pki(where: Path) -> dict[str, Path]:
     for name in ("ca", "cert", "key"):
         path = where / f"{name}.pem"
         path.write_text(f"-----BEGIN {name.upper()}-----\n")
+        if name == "key":
+            path.chmod(0o600)  # a readable key is warned about (issue 14)
         files[name] = path
     return files
 

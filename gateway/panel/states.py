@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from gateway.events import (
     ButtonReleased,
     ButtonStuck,
+    CertificateOk,
+    CertificateTrouble,
     ClockOk,
     ClockWrong,
     DeviceFailing,
@@ -106,6 +108,7 @@ class PanelStateMachine:
         self.store_damaged = False  # salvaged from a damaged file; until a delivery
         self.button_stuck = False
         self.clock_wrong = False
+        self.certificate: dict[str, str] = {}  # source -> reason (issue 14)
         self.latest: _Latest | None = None
 
     # -- input -------------------------------------------------------------------------
@@ -168,6 +171,10 @@ class PanelStateMachine:
                 self.clock_wrong = True
             case ClockOk():
                 self.clock_wrong = False
+            case CertificateTrouble(source=source, reason=reason):
+                self.certificate[source] = reason
+            case CertificateOk(source=source):
+                self.certificate.pop(source, None)
             case WindowOpened(kind="measure"):
                 # A new press: the patient has moved on from the last reading's feedback.
                 self.measuring = True
@@ -235,6 +242,7 @@ class PanelStateMachine:
             reasons.append("button stuck")
         if self.clock_wrong:
             reasons.append("clock wrong")
+        reasons.extend(sorted(set(self.certificate.values())))
         return reasons
 
     def _feedback(self, now: float) -> tuple[PanelState | None, float | None]:
