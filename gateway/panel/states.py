@@ -28,6 +28,8 @@ import enum
 from dataclasses import dataclass
 
 from gateway.events import (
+    BleAdapterFailing,
+    BleAdapterOk,
     ButtonReleased,
     ButtonStuck,
     ClockOk,
@@ -97,6 +99,7 @@ class PanelStateMachine:
         self.disk_full = False
         self.button_stuck = False
         self.clock_wrong = False
+        self.ble_adapter_failing = False
         self.latest: _Latest | None = None
 
     # -- input -------------------------------------------------------------------------
@@ -144,6 +147,11 @@ class PanelStateMachine:
                 self.clock_wrong = True
             case ClockOk():
                 self.clock_wrong = False
+            # Issue 12: only an adapter that does not come back; silence never gets here.
+            case BleAdapterFailing():
+                self.ble_adapter_failing = True
+            case BleAdapterOk():
+                self.ble_adapter_failing = False
             case WindowOpened(kind="measure"):
                 # A new press: the patient has moved on from the last reading's feedback.
                 self.measuring = True
@@ -197,6 +205,8 @@ class PanelStateMachine:
             reasons.append("button stuck")
         if self.clock_wrong:
             reasons.append("clock wrong")
+        if self.ble_adapter_failing:
+            reasons.append("bluetooth adapter failing")
         return reasons
 
     def _feedback(self, now: float) -> tuple[PanelState | None, float | None]:
