@@ -229,9 +229,33 @@ class BleSection(_Section):
         default=600.0,
         ge=0,
         le=86400,
-        description="No advertisement at all this long while devices wait: restart scanning, "
-        "then reset the adapter, then report the devices failing. 0 = never.",
+        description="No advertisement at all this long while devices wait: a recovery step "
+        "(restart discovery, then power-cycle the adapter, then reset it), again and again "
+        "further apart; never 'needs help' by itself. 0 = never.",
     )
+    # Issue 12 part 3: outside the measure window the radio and CPU rest; a device that
+    # advertises at least idle_period_s - idle_scan_s is still found.
+    idle_scan_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Outside the measure window, scan this long in every idle_period_s "
+        "(equal to idle_period_s: scan all the time).",
+    )
+    idle_period_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Outside the measure window, one scan of idle_scan_s starts this often.",
+    )
+
+    @model_validator(mode="after")
+    def _duty(self) -> BleSection:
+        if self.idle_scan_s > self.idle_period_s:
+            raise PydanticCustomError(
+                _CROSS_FIELD, f"idle_scan_s: must not exceed idle_period_s ({self.idle_period_s})"
+            )
+        return self
 
 
 BcmPin = Annotated[int, Field(ge=0, le=27)]

@@ -29,6 +29,9 @@ from gateway.drivers.ble.runtime import BleRuntime
 from gateway.drivers.registry import DriverRegistry
 from gateway.errors import DriverError, StoreError, StoreFullError
 from gateway.events import (
+    BleAdapterFailing,
+    BleAdapterOk,
+    BleRecoveryStep,
     CertificateOk,
     CertificateTrouble,
     ClockOk,
@@ -185,7 +188,12 @@ class Hub:
         self._pin_factory = pin_factory  # gpiozero's; None: chosen by [panel] backend
         self.panel: Panel | None = None
         #: shared by the BLE drivers; opens nothing until a driver scans
-        self.ble = BleRuntime(config.ble, config.gateway.state_dir / "ble-bonds.json")
+        self.ble = BleRuntime(
+            config.ble,
+            config.gateway.state_dir / "ble-bonds.json",
+            measure=self.measure,
+            publish=self.events.publish,
+        )
         #: what was last logged about the client certificate (state, days left when expiring)
         self._cert_logged: tuple[str, int] | None = None
         self._cert_trouble: str | None = None  # the panel's reason, while there is one
@@ -582,7 +590,10 @@ class Hub:
         self._status_changed()
 
     def _track_uplink(self, event: Event) -> None:
-        if isinstance(event, UplinkUp):
+        if isinstance(event, BleRecoveryStep | BleAdapterFailing | BleAdapterOk):
+            self.status.ble = self.ble.health
+            self._status_changed()
+        elif isinstance(event, UplinkUp):
             self.status.uplink_connected = True
         elif isinstance(event, UplinkDown):
             self.status.uplink_connected = False

@@ -148,6 +148,26 @@ class ClockOk(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class BleRecoveryStep(Event):
+    """The BLE runtime took a recovery step after silence (issue 12): never a problem by itself."""
+
+    step: str  # gateway.drivers.ble.recovery.Step's value, e.g. "power_cycle"
+
+
+@dataclass(frozen=True, slots=True)
+class BleAdapterFailing(Event):
+    """The Bluetooth adapter did not come back (power-on failed, discovery cannot start,
+    adapter gone); published once per episode."""
+
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class BleAdapterOk(Event):
+    """Discovery runs on the adapter (again)."""
+
+
+@dataclass(frozen=True, slots=True)
 class PanelShows(Event):
     """The panel changed what it shows (its state's name, e.g. "sent")."""
 

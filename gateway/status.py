@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from homehub_contract import STATUS_SCHEMA
 
@@ -45,6 +45,17 @@ class DeviceStatus:
     counts: dict[str, int] = field(default_factory=dict)
 
 
+class BleHealth(Protocol):
+    """The BLE runtime's adapter health (gateway.drivers.ble.recovery.AdapterHealth)."""
+
+    @property
+    def failing(self) -> bool: ...
+    @property
+    def last_error(self) -> str | None: ...
+    @property
+    def steps(self) -> dict[str, int]: ...
+
+
 @dataclass(slots=True)
 class StatusTracker:
     """Live state the daemon's parts update; combined with store stats on demand."""
@@ -62,6 +73,8 @@ class StatusTracker:
     clock_synced_since: float | None = None
     #: the client certificate's validity (issue 14); None without a client certificate
     tls: dict[str, Any] | None = None
+    #: set once the BLE runtime took a recovery step or its adapter changed (issue 12)
+    ble: BleHealth | None = None
 
     def document(
         self, stats: StoreStats, *, now: float | None = None, held_back: int = 0
@@ -97,6 +110,7 @@ class StatusTracker:
                 "disk_full": self.disk_full,
                 "recovered": _recovery(stats),
             },
+            **({} if self.ble is None else {"ble": _ble(self.ble)}),
             "devices": {
                 device_id: {
                     "driver": device.driver,
@@ -109,3 +123,11 @@ class StatusTracker:
                 for device_id, device in sorted(self.devices.items())
             },
         }
+
+
+def _ble(health: BleHealth) -> dict[str, Any]:
+    return {
+        "adapter": "failing" if health.failing else "ok",
+        "last_error": health.last_error if health.failing else None,
+        "recoveries": dict(sorted(health.steps.items())),
+    }

@@ -33,6 +33,8 @@ import enum
 from dataclasses import dataclass
 
 from gateway.events import (
+    BleAdapterFailing,
+    BleAdapterOk,
     ButtonReleased,
     ButtonStuck,
     CertificateOk,
@@ -109,6 +111,7 @@ class PanelStateMachine:
         self.button_stuck = False
         self.clock_wrong = False
         self.certificate: dict[str, str] = {}  # source -> reason (issue 14)
+        self.ble_adapter_failing = False
         self.latest: _Latest | None = None
 
     # -- input -------------------------------------------------------------------------
@@ -175,6 +178,11 @@ class PanelStateMachine:
                 self.certificate[source] = reason
             case CertificateOk(source=source):
                 self.certificate.pop(source, None)
+            # Issue 12: only an adapter that does not come back; silence never gets here.
+            case BleAdapterFailing():
+                self.ble_adapter_failing = True
+            case BleAdapterOk():
+                self.ble_adapter_failing = False
             case WindowOpened(kind="measure"):
                 # A new press: the patient has moved on from the last reading's feedback.
                 self.measuring = True
@@ -243,6 +251,8 @@ class PanelStateMachine:
         if self.clock_wrong:
             reasons.append("clock wrong")
         reasons.extend(sorted(set(self.certificate.values())))
+        if self.ble_adapter_failing:
+            reasons.append("bluetooth adapter failing")
         return reasons
 
     def _feedback(self, now: float) -> tuple[PanelState | None, float | None]:

@@ -149,15 +149,17 @@ class BleDriver(Driver):
         return client, disconnected
 
     async def _visit(self, runtime: BleRuntime, device: BLEDevice) -> bool:
-        client, disconnected = await self._connect(runtime, device)
-        try:
-            if self.ble_options.set_time:
-                await self._set_time(client)
-            return await self.session(client, disconnected)
-        finally:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(DISCONNECT_S):
-                    await client.disconnect()
+        # No recovery step (a power cycle) while the hub talks to a device (issue 12).
+        async with runtime.visiting():
+            client, disconnected = await self._connect(runtime, device)
+            try:
+                if self.ble_options.set_time:
+                    await self._set_time(client)
+                return await self.session(client, disconnected)
+            finally:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(DISCONNECT_S):
+                        await client.disconnect()
 
     async def _set_time(self, client: BleakClient) -> None:
         if self.context.clock_synced() is not True:
