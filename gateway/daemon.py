@@ -343,6 +343,9 @@ class Hub:
             await asyncio.wait_for(uplink.stop(grace_s), grace_s + 0.8)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        # Issue 11: every PUBACK marked before the store closes, even when stop()
+        # ran out of time (its session is closed now, so nothing new comes).
+        await uplink.finish_deliveries()
         self.uplink, self._uplink_task = None, None
 
     def _start_driver(self, options: DriverOptions) -> None:

@@ -278,11 +278,15 @@ class Store:
 
     async def mark_delivered(self, seqs: Sequence[int]) -> int:
         marks, at = list(seqs), time.time()
+        if not marks:
+            return 0  # issue 11: nothing to mark never touches the store (it may be closed)
         return await self._op(lambda outbox: outbox.mark_delivered(marks, at))
 
     async def mark_confirmed(self, ids: Sequence[str]) -> int:
         """The backend confirmed these reading ids; returns how many became confirmed."""
         confirmed, at = list(ids), time.time()
+        if not confirmed:
+            return 0
         return await self._op(lambda outbox: outbox.mark_confirmed(confirmed, at))
 
     async def requeue_unconfirmed(self, published_before: float) -> int:

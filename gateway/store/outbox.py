@@ -315,6 +315,9 @@ class SqliteOutbox:
         return deleted + dropped, dropped
 
     def mark_delivered(self, seqs: Sequence[int], at: float) -> int:
+        if not seqs:
+            return 0  # no transaction for nothing: not even an empty commit
+
         def work(db: sqlite3.Connection) -> int:
             changed = 0
             for start in range(0, len(seqs), _DELETE_BATCH):

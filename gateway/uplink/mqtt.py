@@ -189,6 +189,8 @@ class MqttUplink:
         self._acked: list[int] = []  # delivered seqs not yet marked in the store
         self._marking: set[int] = set()  # seqs being marked right now
         self._ack_flusher: asyncio.Task[None] | None = None
+        # Set by finish_deliveries: the store may close now, so no flusher starts.
+        self._deliveries_final = False
         self._refusals: dict[str, Backoff] = {}
         self._unheard: dict[str, Backoff] = {}  # device -> backoff after PUBACK 0x10
         self._stopping = False
@@ -289,7 +291,28 @@ class MqttUplink:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(worker), 0.3)
             worker.cancel()
-        await self._flush_acks()
+        await self.finish_deliveries()
+
+    async def finish_deliveries(self) -> None:
+        """Write every PUBACK so far to the store and start no store write after (issue 11).
+
+        The daemon calls this (again: `stop` may have run out of time) after the
+        session is closed and before it closes the store: the `mqtt-acks`
+        flusher, asleep collecting its batch, must not wake against a closed
+        store. Its batch in progress is awaited, then what is left is written.
+        A PUBACK after this cannot come (the session is closed, late ones are
+        ignored); had it come, its reading would stay unsent and be resent
+        under the same id on the next start.
+        """
+        self._deliveries_final = True
+        worker = self._inbox_worker
+        if worker is not None and not worker.done():
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
+        flusher = self._ack_flusher
+        if flusher is not None and not flusher.done():
+            await asyncio.gather(flusher, return_exceptions=True)
+        await self.flush_deliveries()
 
     # -- connection ------------------------------------------------------------------
 
@@ -598,7 +621,9 @@ class MqttUplink:
             if self._unheard.pop(flight.device_id, None) is not None:
                 log.info("mqtt: readings of device %s have a subscriber again", flight.device_id)
             self._events.publish(ReadingDelivered(flight.device_id, flight.reading_id))
-            if self._ack_flusher is None or self._ack_flusher.done():
+            if not self._deliveries_final and (
+                self._ack_flusher is None or self._ack_flusher.done()
+            ):
                 self._ack_flusher = asyncio.create_task(self._flush_acks(), name="mqtt-acks")
             return
         if code in PERMANENT_REFUSALS:
