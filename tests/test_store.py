@@ -81,7 +81,7 @@ def test_pragmas_on_a_real_file(tmp_path: Path, synchronous: str, level: int) ->
     path = tmp_path / "deep" / "dir" / "readings.sqlite3"
     outbox = SqliteOutbox(path, synchronous=synchronous)  # type: ignore[arg-type]
     try:
-        assert outbox.pragmas() == {"journal_mode": "wal", "synchronous": level, "secure_delete": 1}
+        assert outbox.pragmas() == {"journal_mode": "wal", "synchronous": level, "secure_delete": 2}
         outbox.add_many([row(1)])
         assert Path(f"{path}-wal").exists()
     finally:
@@ -93,6 +93,29 @@ def test_pragmas_on_a_real_file(tmp_path: Path, synchronous: str, level: int) ->
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     finally:
         db.close()
+
+
+def test_new_stores_get_small_pages_and_an_existing_file_keeps_its_own(tmp_path: Path) -> None:
+    # Issue 11 (wear): a commit costs its frames, page_size + 24 bytes each.
+    new = tmp_path / "new.sqlite3"
+    SqliteOutbox(new).close()
+    old = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(old)
+    db.execute("PRAGMA page_size = 4096")
+    db.execute("CREATE TABLE t(x)")  # the file exists with 4 KiB pages
+    db.close()
+    outbox = SqliteOutbox(old)
+    try:
+        outbox.add_many([row(1)])
+        assert outbox.stats().total == 1
+    finally:
+        outbox.close()
+    for path, size in ((new, 1024), (old, 4096)):
+        db = sqlite3.connect(path)
+        try:
+            assert db.execute("PRAGMA page_size").fetchone()[0] == size
+        finally:
+            db.close()
     assert path.read_bytes()[18:20] == b"\x02\x02"  # file header: WAL read/write versions
 
 

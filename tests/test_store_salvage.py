@@ -12,10 +12,11 @@ import pytest
 
 from gateway.errors import StoreCorruptError, StoreError
 from gateway.store import NewRow, SqliteOutbox, Store
+from gateway.store.outbox import NEW_STORE_PAGE_SIZE
 from gateway.store.salvage import KEEP_QUARANTINED, Recovery
 
 GATEWAY = "hub-test"
-PAGE = 4096
+PAGE = NEW_STORE_PAGE_SIZE  # a new store's page size (issue 11: 1 KiB, for wear)
 ROWS = 400
 
 
