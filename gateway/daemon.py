@@ -611,6 +611,9 @@ class Hub:
 
     async def _status_payload(self) -> bytes:
         assert self.store is not None
+        if self.uplink is not None:
+            # Delivery marks wait in batches (issue 11, wear): the status counts them.
+            await self.uplink.flush_deliveries()
         stats = await self.store.stats()
         held_back = self.uplink.held_back if self.uplink is not None else 0
         return encode_status(self.status.document(stats, held_back=held_back))

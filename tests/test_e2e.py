@@ -174,7 +174,7 @@ def test_broker_killed_twice_while_readings_flow_loses_nothing(
         for mark in (100, 300):
             listener.wait_for(mark, timeout_s=60)
             proxy.freeze()
-            # The hub records PUBACKs in batches (ACK_BATCH_S): wait until what it
+            # The hub records PUBACKs in batches (MARK_DELAY_S): wait until what it
             # recorded has stopped changing (the link is frozen, no PUBACK is on
             # its way) and the backend holds all of it.
             wait_until(

@@ -86,3 +86,60 @@ async def test_an_empty_mark_never_touches_the_store(tmp_path: Path) -> None:
     assert await store.mark_confirmed([]) == 0
     with pytest.raises(StoreError, match="closed"):
         await store.mark_delivered([1])
+
+
+@pytest.mark.parametrize(
+    ("delay_s", "quiet_s", "count", "most_batches"),
+    [
+        # A short stream, then quiet: marked in one go once it pauses.
+        (60.0, 0.8, 20, 2),
+        # A stream that never pauses: marked every delay_s, not per PUBACK.
+        (0.4, 60.0, 40, 8),
+    ],
+)
+async def test_deliveries_are_marked_in_few_commits(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    monkeypatch: pytest.MonkeyPatch,
+    delay_s: float,
+    quiet_s: float,
+    count: int,
+    most_batches: int,
+) -> None:
+    # Issue 11 (wear): each mark commit rewrites the readings' pages and fsyncs.
+    monkeypatch.setattr("gateway.uplink.mqtt.MARK_DELAY_S", delay_s)
+    monkeypatch.setattr("gateway.uplink.mqtt.MARK_QUIET_S", quiet_s)
+    batches: list[int] = []
+    original = Store.mark_delivered
+
+    async def recording(self: Store, seqs: list[int]) -> int:
+        batches.append(len(seqs))
+        return await original(self, seqs)
+
+    monkeypatch.setattr(Store, "mark_delivered", recording)
+    state = tmp_path / "state"
+    config = write_config(
+        tmp_path / "hub.toml",
+        broker=broker,
+        state_dir=state,
+        devices=[sim_device("bp-1", "blood_pressure", interval_s=0.05, count=count)],
+    )
+    events = EventBus()
+    queue, _ = events.queue()
+    hub = Hub(load(config), DriverRegistry.from_entry_points(), events=events)
+    task = asyncio.create_task(hub.run())
+    delivered = 0
+    try:
+        async with asyncio.timeout(20):
+            while delivered < count:
+                if isinstance(await queue.get(), ReadingDelivered):
+                    delivered += 1
+            assert hub.store is not None
+            # Written without a stop: after the pause, or within delay_s.
+            while (await hub.store.stats()).unsent:
+                await asyncio.sleep(0.05)
+    finally:
+        hub.stop()
+        await asyncio.wait_for(task, 6)
+    assert sum(batches) == count
+    assert 1 <= len(batches) <= most_batches, batches
