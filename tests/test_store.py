@@ -24,6 +24,7 @@ from gateway.errors import StoreCorruptError, StoreError, StoreFullError
 from gateway.mdc import Ucum
 from gateway.reading import Kind, Reading, Value
 from gateway.store import SCHEMA_VERSION, AddReport, NewRow, SqliteOutbox, Store
+from gateway.store.outbox import NEW_STORE_PAGE_SIZE
 
 GATEWAY = "hub-test"
 TIMEOUT_S = 20.0
@@ -110,7 +111,7 @@ def test_new_stores_get_small_pages_and_an_existing_file_keeps_its_own(tmp_path:
         assert outbox.stats().total == 1
     finally:
         outbox.close()
-    for path, size in ((new, 1024), (old, 4096)):
+    for path, size in ((new, NEW_STORE_PAGE_SIZE), (old, 4096)):
         db = sqlite3.connect(path)
         try:
             assert db.execute("PRAGMA page_size").fetchone()[0] == size

@@ -34,6 +34,10 @@ _DELETE_BATCH = 500
 # reading's insert touches ~4-5 pages (table leaf, the id and unsent indexes, page
 # 1 when the file grows); at 4 KiB pages that is ~27 KiB, at 1 KiB ~11 KiB. New
 # stores get 1 KiB pages (an existing file keeps its own: changing it needs a VACUUM).
+# Not 512 B, although that writes less again (a model run: ~10 KiB instead of ~14 KiB
+# per reading at 1/s): a ~700-byte reading no longer fits its table page and spills
+# into an overflow page, whose bytes SQLite does not check, so a damaged one hands
+# back a wrong payload instead of an error the salvage (issue 11 part 6) can act on.
 NEW_STORE_PAGE_SIZE = 1024
 # secure_delete FAST, not ON: deleted readings are still zeroed inside the b-tree
 # pages they lived on (at no extra I/O), but a page that becomes free is not
