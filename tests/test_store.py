@@ -96,6 +96,32 @@ def test_pragmas_on_a_real_file(tmp_path: Path, synchronous: str, level: int) ->
         db.close()
 
 
+def test_a_devices_time_is_written_when_it_moved_a_minute_and_at_close(tmp_path: Path) -> None:
+    # Issue 11 (wear): the devices row is one more page per commit.
+    path = tmp_path / "readings.sqlite3"
+    outbox = SqliteOutbox(path)
+
+    def on_disk() -> dict[str, float]:
+        db = sqlite3.connect(path)
+        try:
+            return {str(d): float(t) for d, t in db.execute("SELECT * FROM devices")}
+        finally:
+            db.close()
+
+    try:
+        outbox.add_many([row(0, received_at=1000.0)])  # new to this connection: written
+        assert on_disk() == {"d": 1000.0}
+        outbox.add_many([row(1, received_at=1000.0)])  # 1 s later: kept in memory
+        assert on_disk() == {"d": 1000.0}
+        assert outbox.stats().devices == {"d": 1001.0}
+        outbox.add_many([row(61, received_at=1000.0)])  # a minute on: written
+        assert on_disk() == {"d": 1061.0}
+        outbox.add_many([row(62, received_at=1000.0)])
+    finally:
+        outbox.close()
+    assert on_disk() == {"d": 1062.0}  # close writes what waited
+
+
 def test_new_stores_get_small_pages_and_an_existing_file_keeps_its_own(tmp_path: Path) -> None:
     # Issue 11 (wear): a commit costs its frames, page_size + 24 bytes each.
     new = tmp_path / "new.sqlite3"

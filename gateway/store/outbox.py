@@ -50,6 +50,12 @@ _SECURE_DELETE_VALUE = 2  # what `PRAGMA secure_delete` reports for FAST
 # reaches the database file once. The WAL is cut back to this size after a checkpoint.
 WAL_AUTOCHECKPOINT_PAGES = 4000
 JOURNAL_SIZE_LIMIT_B = 4 * 1024 * 1024
+# A device's `devices.last_reading_at` is written when it moved at least this much
+# (or the device is new to this connection), not on every commit: its row costs one
+# more page per commit (~1 KiB at 1 reading/s). The newer value waits in memory;
+# `stats()` shows it, `close()` writes it. A reader in another process (`homehub
+# status`) may see it up to this much behind; a crash loses only that much of it.
+DEVICE_WRITE_S = 60.0
 
 
 def store_error(path: Path, exc: sqlite3.Error) -> StoreError:
@@ -153,6 +159,8 @@ class SqliteOutbox:
         self.path = path
         self.max_readings = max_readings
         self.read_only = read_only
+        self._device_written: dict[str, float] = {}  # last_reading_at on disk, by us
+        self._device_pending: dict[str, float] = {}  # newer, not yet written
         if read_only:
             # mode=ro: `homehub status` must never write to a store the daemon owns.
             # Quote the path: '?', '#' and '%' mean something in a URI.
@@ -253,7 +261,9 @@ class SqliteOutbox:
     def add_many(self, rows: Sequence[NewRow]) -> AddReport:
         """Commit `rows` in one transaction, enforcing the size bound first."""
 
-        def work(db: sqlite3.Connection) -> tuple[AddReport, int, int]:
+        def work(
+            db: sqlite3.Connection,
+        ) -> tuple[AddReport, int, int, dict[str, float], dict[str, float]]:
             # Count only readings that will really be new: a device re-sending
             # records we hold must not push unsent readings out of the store.
             # The extra look-up is needed only near the bound (the common case
@@ -280,18 +290,45 @@ class SqliteOutbox:
                     results.append(AddResult(int(seq[0]) if seq else 0, duplicate=True))
                 last = last_by_device.get(row.device_id, row.received_at)
                 last_by_device[row.device_id] = max(last, row.received_at)
-            # One upsert per device per transaction, not one per reading.
-            db.executemany(
-                "INSERT INTO devices(device_id, last_reading_at) VALUES (?, ?)"
-                " ON CONFLICT(device_id) DO UPDATE SET last_reading_at ="
-                " max(last_reading_at, excluded.last_reading_at)",
-                last_by_device.items(),
-            )
-            return AddReport(results, dropped), inserted, deleted
+            # One upsert per device per transaction, and only when it moved enough.
+            due, later = self._devices_due(last_by_device)
+            self._upsert_devices(db, due)
+            return AddReport(results, dropped), inserted, deleted, due, later
 
-        report, inserted, deleted = self._write(work)
+        report, inserted, deleted, due, later = self._write(work)
+        # Only once committed: a reading not stored must not move its device's time.
         self._count += inserted - deleted
+        self._devices_written(due)
+        self._device_pending.update(later)
         return report
+
+    def _devices_due(self, latest: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+        """Split `latest` into (write now, keep in memory) by DEVICE_WRITE_S."""
+        due: dict[str, float] = {}
+        later: dict[str, float] = {}
+        for device, newest in latest.items():
+            at = max(newest, self._device_pending.get(device, newest))
+            written = self._device_written.get(device)
+            if written is None or at - written >= DEVICE_WRITE_S:
+                due[device] = at
+            else:
+                later[device] = max(at, written)
+        return due, later
+
+    @staticmethod
+    def _upsert_devices(db: sqlite3.Connection, due: dict[str, float]) -> None:
+        db.executemany(
+            "INSERT INTO devices(device_id, last_reading_at) VALUES (?, ?)"
+            " ON CONFLICT(device_id) DO UPDATE SET last_reading_at ="
+            " max(last_reading_at, excluded.last_reading_at)",
+            due.items(),
+        )
+
+    def _devices_written(self, due: dict[str, float]) -> None:
+        for device, at in due.items():
+            self._device_written[device] = at
+            if self._device_pending.get(device, at) <= at:
+                self._device_pending.pop(device, None)
 
     @staticmethod
     def _count_new(db: sqlite3.Connection, rows: Sequence[NewRow]) -> int:
@@ -571,6 +608,8 @@ class SqliteOutbox:
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         total = db.execute("SELECT count(*) FROM readings").fetchone()[0]
         devices = {str(d): float(t) for d, t in db.execute("SELECT * FROM devices")}
+        for device, at in self._device_pending.items():  # not written yet (DEVICE_WRITE_S)
+            devices[device] = max(at, devices.get(device, at))
         return StoreStats(
             unsent=int(unsent),
             oldest_unsent_at=None if oldest is None else float(oldest),
@@ -594,5 +633,11 @@ class SqliteOutbox:
         return not self.quick_check()
 
     def close(self) -> None:
+        if self._device_pending and not self.read_only:
+            pending = dict(self._device_pending)
+            # Best effort: a damaged or full store still closes.
+            with contextlib.suppress(StoreError):
+                self._write(lambda db: self._upsert_devices(db, pending))
+                self._devices_written(pending)
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
