@@ -119,9 +119,10 @@ class ReadingRow:
     device: str
     kind: str
     measured_at: datetime
-    received_at: datetime
+    received_at: datetime | None  # None: a FHIR Bundle that does not carry it (fhir.py)
     payload: str  # the JSON text as received (valid, decoded once already)
     topic: str
+    format: str = "homehub"  # or "fhir": which document payload holds (migration 0002)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,11 +156,11 @@ class BatchResult:
 
 
 INSERT_READINGS = """
-INSERT INTO readings (id, gateway, device, kind, measured_at, received_at, payload)
-SELECT id, gateway, device, kind, measured_at, received_at, payload::jsonb
+INSERT INTO readings (id, gateway, device, kind, measured_at, received_at, payload, format)
+SELECT id, gateway, device, kind, measured_at, received_at, payload::jsonb, format
 FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[],
-            %s::timestamptz[], %s::text[])
-     AS t(id, gateway, device, kind, measured_at, received_at, payload)
+            %s::timestamptz[], %s::text[], %s::text[])
+     AS t(id, gateway, device, kind, measured_at, received_at, payload, format)
 ON CONFLICT (id) DO NOTHING
 RETURNING id
 """
@@ -179,6 +180,7 @@ def insert_readings(cur: psycopg.Cursor[Any], rows: list[ReadingRow]) -> set[str
             [r.measured_at for r in rows],
             [r.received_at for r in rows],
             [r.payload for r in rows],
+            [r.format for r in rows],
         ),
     )
     return {row[0] for row in cur.fetchall()}
