@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml contract/pyproject.toml backend/pyproject.toml scripts/
 
 install-deps: $(STAMP) ## mosquitto (apt) + .venv with homehub and its dev extras
 
-demo: $(STAMP) ## run the hub on simulated devices with a private broker; Ctrl-C stops
+demo: $(STAMP) ## hub on simulated devices -> private broker -> backend -> private PostgreSQL; Ctrl-C stops
 	$(PY) -m gateway demo --config config/demo.toml
 
 test: $(STAMP) ## run the test suite (real mosquitto on loopback, ~minutes)

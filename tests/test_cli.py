@@ -1,4 +1,4 @@
-"""The installer's and the newcomer's commands: status, listen, demo."""
+"""The installer's and the newcomer's commands: status, listen (the demo: test_demo.py)."""
 
 from __future__ import annotations
 
@@ -110,11 +110,3 @@ def test_listen_times_out_with_exit_1(broker: MosquittoBroker) -> None:
     result = homehub("listen", "--port", str(broker.port), "--count", "1", "--timeout", "1")
     assert result.returncode == 1
     assert "timed out" in result.stderr
-
-
-def test_demo_shows_readings_and_stops_by_itself() -> None:
-    result = homehub("demo", "--seconds", "4", timeout_s=40)
-    assert result.returncode == 0, result.stderr
-    # The listener prints readings as they come back from the broker.
-    assert "demo-hub/oxi-1 pulse_oximeter: PULS_OXIM_SAT_O2=" in result.stdout
-    assert "stopped" in result.stderr

@@ -191,6 +191,8 @@ class Worker:
             bytes(msg.payload),
             self.config.ingest.max_payload_bytes,
             utc_now(),
+            # MQTT 5 Content Type (§3.3.2.3.9): application/fhir+json from a FHIR hub.
+            content_type=getattr(msg.properties, "ContentType", None),
         )
         with self._lock:
             generation = self._generation

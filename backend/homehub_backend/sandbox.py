@@ -5,12 +5,20 @@ It is Debian's real `postgresql` (binaries in /usr/lib/postgresql/<major>/bin), 
 programs refuse to run as root, so when we are root they run as the unprivileged user
 `nobody` in a directory owned by it. The server gets the parent-death signal SIGQUIT
 (immediate shutdown): if the process that started it dies, the cluster does not outlive it.
+
+`python -m homehub_backend.sandbox --config-out FILE` is the hub's demo's database (issue 9
+part 3): it starts a cluster, migrates it, writes a backend config pointing at it, prints
+`sandbox ready`, and removes everything on SIGTERM/SIGINT or when its stdin closes (the
+demo that started it died). The hub never imports the backend; it runs this as a process.
+`HOMEHUB_PG_BIN` names the directory with initdb and postgres where they are elsewhere.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
+import json
 import os
 import pwd
 import re
@@ -18,8 +26,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +42,13 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def find_pg_bin() -> Path:
-    """The directory with initdb and postgres: the newest Debian major, else the PATH."""
+    """The directory with initdb and postgres: $HOMEHUB_PG_BIN, the newest Debian major, else
+    the PATH."""
+    override = os.environ.get("HOMEHUB_PG_BIN")
+    if override:
+        if not (Path(override) / "initdb").exists():
+            raise BackendError(f"PostgreSQL: no initdb in HOMEHUB_PG_BIN={override}")
+        return Path(override)
     root = Path("/usr/lib/postgresql")
     majors = sorted(
         (p for p in root.glob("*/bin") if (p / "initdb").exists()),
@@ -229,3 +246,83 @@ class PostgresSandbox:
     def __exit__(self, *_: object) -> None:
         with contextlib.suppress(Exception):
             self.cleanup()
+
+
+# -- python -m homehub_backend.sandbox: the demo's database ----------------------------------
+
+
+def _demo_config(sandbox: PostgresSandbox, args: argparse.Namespace) -> str:
+    def q(text: str) -> str:
+        return json.dumps(text)  # a TOML basic string is a JSON string for these values
+
+    return "\n".join(
+        [
+            "# Written by python -m homehub_backend.sandbox; removed with the sandbox.",
+            "[broker]",
+            f"host = {q(args.broker_host)}",
+            f"port = {args.broker_port}",
+            f"client_id = {q(args.client_id)}",
+            "reconnect_min_s = 0.2",
+            "reconnect_max_s = 2.0",
+            "",
+            "[ingest]",
+            f"topic_prefix = {q(args.prefix)}",
+            "",
+            "[database]",
+            f"dsn = {q(sandbox.dsn)}",
+            "",
+        ]
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Start, migrate, write the config, print `sandbox ready`, wait, remove. Exit 1 (one
+    line on stderr saying why) when PostgreSQL cannot be started."""
+    parser = argparse.ArgumentParser(
+        prog="python -m homehub_backend.sandbox",
+        description="A private, migrated PostgreSQL and a backend config for it, until "
+        "SIGTERM/SIGINT or the end of stdin; then it is removed.",
+    )
+    parser.add_argument("--config-out", type=Path, required=True, help="backend config to write")
+    parser.add_argument("--broker-host", default="127.0.0.1")
+    parser.add_argument("--broker-port", type=int, default=1883)
+    parser.add_argument("--prefix", default="homehub")
+    parser.add_argument("--client-id", default="homehub-demo-backend")
+    args = parser.parse_args(argv)
+
+    from homehub_backend import db  # pydantic and the migrations: not for the fixtures' import
+
+    stop = threading.Event()
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+    sandbox = PostgresSandbox()
+    try:
+        try:
+            sandbox.start()
+            with psycopg.connect(sandbox.dsn) as conn:
+                db.migrate(conn)
+        except (BackendError, psycopg.Error, OSError, subprocess.SubprocessError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            print(f"sandbox: PostgreSQL cannot be started: {first}", file=sys.stderr, flush=True)
+            return 1
+        args.config_out.write_text(_demo_config(sandbox, args), "utf-8")
+        print(f"sandbox ready: PostgreSQL on 127.0.0.1:{sandbox.port}", flush=True)
+
+        def until_eof() -> None:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stdin.read()
+            stop.set()
+
+        threading.Thread(target=until_eof, daemon=True, name="sandbox-stdin").start()
+        while not stop.wait(0.5):  # short waits: the signal handler runs between them
+            pass
+        return 0
+    finally:
+        sandbox.cleanup()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -22,6 +22,7 @@ from typing import Any
 import fastjsonschema
 from homehub_contract import READING_SCHEMA, STATUS_SCHEMA, load_schema
 
+from homehub_backend import fhir
 from homehub_backend.db import ReadingRow, RejectedRow, StatusRow
 
 DRAFT_07 = "http://json-schema.org/draft-07/schema#"
@@ -71,10 +72,30 @@ def _schema_reason(exc: fastjsonschema.JsonSchemaValueException) -> str:
 Row = ReadingRow | RejectedRow | StatusRow
 
 
+#: MQTT 5 Content Types (§3.3.2.3.9) taken as the native homehub.reading/1 document; the
+#: hub sends it without one.
+NATIVE_CONTENT_TYPES = (None, "", "application/json")
+
+
+def _media_type(content_type: str | None) -> str | None:
+    # "application/fhir+json; fhirVersion=4.0" names the same media type (RFC 6838).
+    return None if content_type is None else content_type.split(";")[0].strip().lower()
+
+
 def classify(  # noqa: PLR0911 - one return per kind of rejection
-    topics: Topics, topic: str, payload: bytes, max_payload_bytes: int, now: datetime
+    topics: Topics,
+    topic: str,
+    payload: bytes,
+    max_payload_bytes: int,
+    now: datetime,
+    *,
+    content_type: str | None = None,
 ) -> Row:
-    """One message → the row it becomes. Never raises for bad input: it is a RejectedRow."""
+    """One message → the row it becomes. Never raises for bad input: it is a RejectedRow.
+
+    `content_type` is the PUBLISH's MQTT 5 Content Type: `application/fhir+json` is a FHIR
+    Bundle (fhir.py), none (or application/json) the native document.
+    """
 
     def reject(reason: str, raw: bytes = payload) -> RejectedRow:
         return RejectedRow(topic=topic, reason=reason, raw=raw)
@@ -95,6 +116,13 @@ def classify(  # noqa: PLR0911 - one return per kind of rejection
         return reject(f"invalid JSON: {type(exc).__name__} at {_position(exc)}")
     if kind == "status":
         return _status(doc, gateway, now, reject)
+    media = _media_type(content_type)
+    if media == fhir.CONTENT_TYPE:
+        return _fhir_reading(doc, text, topic=topic, gateway=gateway, device=device, reject=reject)
+    if media not in NATIVE_CONTENT_TYPES:
+        return reject(f"content type: {media[:40]!r} is not a reading format this backend takes")
+    if isinstance(doc, dict) and doc.get("resourceType") == "Bundle":
+        return reject(f"schema: a FHIR Bundle without the Content Type {fhir.CONTENT_TYPE}")
     try:
         compiled("reading-1")(doc)
     except fastjsonschema.JsonSchemaValueException as exc:
@@ -121,6 +149,37 @@ def classify(  # noqa: PLR0911 - one return per kind of rejection
         received_at=received_at,
         payload=text,
         topic=topic,
+    )
+
+
+def _fhir_reading(
+    doc: Any,
+    text: str,
+    *,
+    topic: str,
+    gateway: str,
+    device: str | None,
+    reject: Callable[[str], RejectedRow],
+) -> ReadingRow | RejectedRow:
+    try:
+        facts = fhir.bundle_facts(doc)
+    except fhir.BadBundle as why:
+        return reject(str(why))
+    # The same rules as for the native payload: a hub speaks only for itself and its devices.
+    if facts.gateway != gateway:
+        return reject("gateway: the topic and the payload name different gateways")
+    if device is None or facts.device != device:
+        return reject("device: the topic and the payload name different devices")
+    return ReadingRow(
+        id=facts.id,
+        gateway=gateway,
+        device=device,
+        kind=facts.kind,
+        measured_at=facts.measured_at,
+        received_at=facts.received_at,
+        payload=text,
+        topic=topic,
+        format="fhir",
     )
 
 

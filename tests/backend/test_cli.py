@@ -82,11 +82,11 @@ def test_migrate_is_idempotent_and_ingest_refuses_an_unmigrated_database(
         assert main(["ingest", "--config", str(path)]) == 1
         assert "run 'homehub-backend migrate' first" in capsys.readouterr().err
         assert main(["migrate", "--config", str(path)]) == 0
-        assert "schema at version 1 (0001_initial.sql)" in capsys.readouterr().out
+        assert "schema at version 2 (0001_initial.sql, 0002_fhir.sql)" in capsys.readouterr().out
         assert main(["migrate", "--config", str(path)]) == 0
         assert "nothing to apply" in capsys.readouterr().out
         with psycopg.connect(dsn) as conn:
-            assert db.schema_version(conn) == len(db.migrations()) == 1
+            assert db.schema_version(conn) == len(db.migrations()) == 2
             tables = {
                 r[0]
                 for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
