@@ -11,8 +11,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -520,3 +523,66 @@ async def test_devices_survive_a_sigkill_and_a_repeated_id_after_the_restart_is_
         except Exception:
             process.kill()
             process.wait(5)
+
+
+# -- homehub-backend command --------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def backend_cli(
+    broker: MosquittoBroker, tmp_path: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    config = tmp_path / "backend.toml"
+    config.write_text(
+        f'[broker]\nhost = "127.0.0.1"\nport = {broker.port}\n\n'
+        '[database]\ndsn = "postgresql://nobody@127.0.0.1:1/unused"\n'
+    )
+    # This tree's backend and contract, whatever the venv's editable installs point at.
+    path = os.pathsep.join([str(ROOT / "backend"), str(ROOT / "contract"), str(ROOT)])
+    return subprocess.run(
+        [sys.executable, "-m", "homehub_backend", "command", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": path},
+    )
+
+
+async def test_backend_command_prints_the_response_and_exits_by_it(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    async with hub_and_backend(tmp_path, broker):
+        done = await asyncio.to_thread(backend_cli, broker, tmp_path, GW, "status")
+        assert done.returncode == 0, done.stderr
+        response = json.loads(done.stdout)
+        assert response["ok"] and response["result"]["gateway"] == GW
+        refused = await asyncio.to_thread(
+            backend_cli, broker, tmp_path, GW, "identify", '{"seconds": 9999}'
+        )
+        assert refused.returncode == 1, refused.stderr
+        assert json.loads(refused.stdout)["error"]["fields"][0]["path"] == "args.seconds"
+
+
+async def test_backend_command_to_an_offline_hub_says_queued_and_the_hub_applies_it_on_return(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    config = write_config(tmp_path, broker)
+    events = EventBus()
+    async with running_hub(config, events):
+        with backend_for(broker) as backend:
+            await until_answered(backend)
+    # The hub said "offline" (retained) as it stopped: no waiting out --wait.
+    add = json.dumps({"devices": [sim_device("wt-1", "weight", interval_s=3600.0)]})
+    started = time.monotonic()
+    queued = await asyncio.to_thread(
+        backend_cli, broker, tmp_path, GW, "devices/set", add, "--wait", "20", "--id", "q-1"
+    )
+    assert queued.returncode == 75, queued.stdout + queued.stderr
+    assert time.monotonic() - started < 10
+    assert "the hub is offline: the command is queued at the broker until" in queued.stderr
+    assert f"homehub/{GW}/response/" in queued.stderr
+    async with running_hub(config, events) as hub:
+        with backend_for(broker) as backend:
+            await until_answered(backend)
+            assert "wt-1" in hub._driver_tasks
