@@ -168,6 +168,7 @@ class Client:
     def subscribe(self, topic: str) -> int:
         """Subscribe QoS 1; the SUBACK's reason code."""
         _, mid = self.client.subscribe(topic, qos=1)
+        assert mid is not None
         with self._cond:
             assert self._cond.wait_for(lambda: mid in self.subacks, 5), topic
             return self.subacks[mid][0]
@@ -323,7 +324,12 @@ def test_without_a_client_certificate_there_is_no_connection(fleet: tuple[int, P
     )
     client.tls_set(ca_certs=str(pki / "ca.crt"))
     connected = threading.Event()
-    client.on_connect = lambda _c, _u, _f, rc, _p: rc.is_failure or connected.set()
+
+    def on_connect(_c: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if not rc.is_failure:
+            connected.set()
+
+    client.on_connect = on_connect
     try:
         client.connect("127.0.0.1", port)
         client.loop_start()

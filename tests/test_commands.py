@@ -213,8 +213,8 @@ async def test_status_round_trips_with_the_correlation_data_and_the_panel_state(
         assert status["panel"]["state"] == "ready"
         # MQTT 5 §4.10: the same Correlation Data, on the Response Topic asked for.
         _, props = backend.responses[correlation][0]
-        assert props is not None and props.CorrelationData == correlation
-        assert props.ContentType == "application/json"
+        assert getattr(props, "CorrelationData", None) == correlation
+        assert getattr(props, "ContentType", None) == "application/json"
 
 
 async def test_identify_shows_here_i_am_for_its_seconds_then_what_was_before(
@@ -375,13 +375,18 @@ async def test_a_command_that_expired_while_queued_on_the_hub_is_not_applied(
     sent: list[tuple[str, bytes, bytes | None]] = []
     registry = CommandRegistry()
     calls: list[dict[str, Any]] = []
-    registry.register("poke", lambda args: calls.append(args) or {}, mutates=True)
+
+    def poke(args: dict[str, Any]) -> dict[str, Any]:
+        calls.append(args)
+        return {}
+
+    def publish(topic: str, payload: bytes, correlation: bytes | None) -> bool:
+        sent.append((topic, payload, correlation))
+        return True
+
+    registry.register("poke", poke, mutates=True)
     channel = CommandChannel(
-        registry,
-        gateway_id=GW,
-        prefix="homehub",
-        state_dir=tmp_path,
-        publish=lambda t, p, c: sent.append((t, p, c)) is None,
+        registry, gateway_id=GW, prefix="homehub", state_dir=tmp_path, publish=publish
     )
     body = _doc(args={})
     # The broker passed 5 s of expiry on; the hub received it 6 s ago (queued behind others).
