@@ -591,3 +591,51 @@ async def test_backend_command_to_an_offline_hub_says_queued_and_the_hub_applies
         with backend_for(broker) as backend:
             await until_answered(backend)
             assert "wt-1" in hub._driver_tasks
+
+
+# -- how the installer's file and the remote file combine --------------------------------
+
+
+def test_the_installers_devices_win_and_an_invalid_remote_file_never_stops_the_hub(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from gateway.commands import RemoteDevices
+    from gateway.drivers.registry import DriverRegistry
+    from tests.helpers import load
+
+    state = tmp_path / "state"
+    installer = load(
+        _write_config(
+            tmp_path / "hub.toml",
+            broker=None,
+            state_dir=state,
+            devices=[sim_device("bp-1", "blood_pressure")],
+        )
+    )
+    remote = RemoteDevices(state, DriverRegistry.from_entry_points())
+    assert remote.merge(installer) is installer  # no remote file: the installer's config
+    state.mkdir()
+    (state / "remote-devices.json").write_text(
+        json.dumps({"devices": [sim_device("bp-1", "weight"), sim_device("wt-1", "weight")]})
+    )
+    with caplog.at_level(logging.WARNING, logger="gateway.commands"):
+        merged = remote.merge(installer)
+    # An id in both (the installer added it later): the installer's table runs.
+    assert [(d.id, d.model_dump()["kind"]) for d in merged.devices] == [
+        ("bp-1", "blood_pressure"),
+        ("wt-1", "weight"),
+    ]
+    assert any("installer's file, which wins" in r.getMessage() for r in caplog.records)
+    # A remote table no longer valid (a driver uninstalled since): installer's devices only.
+    (state / "remote-devices.json").write_text(
+        json.dumps(
+            {"devices": [{"id": "x-1", "driver": "ble.gone", "address": "C0:11:22:33:44:55"}]}
+        )
+    )
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="gateway.commands"):
+        assert remote.merge(installer) is installer
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "devices[0].driver" in message and "C0:11" not in message
+    (state / "remote-devices.json").write_text("{not json")
+    assert remote.merge(installer) is installer

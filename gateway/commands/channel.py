@@ -54,7 +54,8 @@ MAX_ROUTE_BYTES = 16 * MAX_COMMAND_BYTES
 RATE_BURST = 20
 RATE_PER_S = 0.5
 #: Request ids remembered (their responses), and of those persisted (mutating only).
-SEEN_MAX = 256
+#: A status response is ~2-3 KiB: 64 of them stay well under 1 MiB on a Pi Zero.
+SEEN_MAX = 64
 SEEN_PERSISTED_MAX = 64
 SEEN_FILE = "commands-seen.json"
 SEEN_SCHEMA = "homehub.commands-seen/1"
