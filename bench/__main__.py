@@ -26,7 +26,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from bench import backend_ingest, confirm, drain, fhir, footprint, ingest, latency, wear
+from bench import backend_ingest, commands, confirm, drain, fhir, footprint, ingest, latency, wear
 from bench.common import Result, filesystem_type, scratch_dir, scratch_parent
 from gateway.sim.broker import find_mosquitto
 
@@ -67,6 +67,7 @@ BENCHMARKS: dict[str, Runner] = {
     "latency": lambda quick: latency.run(count=100) if quick else latency.run(),
     "drain": lambda quick: drain.run(count=5_000, rounds=1) if quick else drain.run(),
     "confirm": lambda quick: confirm.run(quick=quick),
+    "commands": lambda quick: commands.run(quick=quick),
     "fhir": lambda quick: fhir.run(quick=quick),
     "ble_latency": _ble,
     "backend_ingest": lambda quick: (

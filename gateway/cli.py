@@ -362,7 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_listen)
 
     p = sub.add_parser("schema", help="print a JSON Schema")
-    p.add_argument("which", choices=["config", "reading", "status", "confirm"])
+    p.add_argument(
+        "which", choices=["config", "reading", "status", "confirm", "command", "response"]
+    )
     p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("scan", help="list nearby BLE devices with a [[devices]] table each")

@@ -23,6 +23,9 @@ from gateway.backoff import Backoff
 from gateway.clock import Clock, SystemClock
 from gateway.clockcheck import clock_problem
 from gateway.clocksync import SyncSource, SystemSync
+from gateway.commands import CommandChannel, CommandRegistry, RemoteDevices
+from gateway.commands.builtin import identify_command, status_command
+from gateway.commands.channel import MAX_ROUTE_BYTES
 from gateway.config import HubConfig
 from gateway.drivers.base import DriverContext, DriverOptions, StoredReading
 from gateway.drivers.ble.runtime import BleRuntime
@@ -43,6 +46,8 @@ from gateway.events import (
     Event,
     EventBus,
     HubStarted,
+    Identify,
+    PanelShows,
     ReadingDelivered,
     ReadingsDropped,
     ReadingStored,
@@ -159,6 +164,8 @@ class Hub:
         pin_factory: Any | None = None,
         clock_sync: SyncSource | None = None,
     ) -> None:
+        #: as the installer's file says; `config` adds the remote devices (issue 10)
+        self.installer_config = config
         self.config = config
         self.registry = registry
         self.clock: Clock = clock or SystemClock()
@@ -197,6 +204,11 @@ class Hub:
         #: what was last logged about the client certificate (state, days left when expiring)
         self._cert_logged: tuple[str, int] | None = None
         self._cert_trouble: str | None = None  # the panel's reason, while there is one
+        # Issue 10: the care team's commands. Register more before run() (the care plan).
+        self.remote_devices = RemoteDevices(config.gateway.state_dir, registry)
+        self.commands = CommandRegistry()
+        self.command_channel: CommandChannel | None = None
+        self._register_commands()
 
     def stop(self) -> None:
         """Ask the hub to stop; `run()` returns once it has shut down cleanly."""
@@ -223,7 +235,8 @@ class Hub:
                 await asyncio.wait_for(self.panel.close(), PANEL_CLOSE_S)
 
     async def _run(self) -> None:
-        cfg = self.config
+        # Issue 10: the installer's devices plus the remote ones (gateway.commands.devices).
+        self.config = cfg = self.remote_devices.merge(self.installer_config)
         store = await Store.open(
             cfg.store_path,
             gateway_id=cfg.gateway.id,
@@ -237,6 +250,14 @@ class Hub:
         self.store = store
         self.events.subscribe(self._track_uplink)
         self._check_certificate()  # before the first status goes out
+        self.command_channel = CommandChannel(
+            self.commands,
+            gateway_id=cfg.gateway.id,
+            prefix=cfg.mqtt.topic_prefix,
+            state_dir=cfg.gateway.state_dir,
+            publish=self._publish_response,
+            clock_trusted=lambda: not self.status.clock_wrong,
+        )
         self._start_uplink(cfg)
         # Known before the first reading is stored (each says whether the clock was synced).
         with contextlib.suppress(Exception):
@@ -297,6 +318,10 @@ class Hub:
             handler = ConfirmHandler(cfg.gateway.id, self.store.mark_confirmed, self.events)
             topic = confirm_topic(cfg.mqtt.topic_prefix, cfg.gateway.id)
             inbox.route(topic, handler, max_bytes=MAX_CONFIRM_BYTES, batch=handler.many)
+        channel = self.command_channel
+        if channel is not None:  # issue 10: {prefix}/{gateway}/command/#
+            channel.prefix = cfg.mqtt.topic_prefix
+            inbox.prefix_route(channel.command_prefix, channel, max_bytes=MAX_ROUTE_BYTES)
         self.uplink = MqttUplink(
             cfg.mqtt,
             gateway_id=cfg.gateway.id,
@@ -319,6 +344,30 @@ class Hub:
                 handler,
             )
             self._confirm_task = asyncio.create_task(self.confirm_watch.run(), name="confirm-watch")
+
+    def _publish_response(self, topic: str, payload: bytes, correlation: bytes | None) -> bool:
+        uplink = self.uplink
+        return uplink is not None and uplink.publish_response(topic, payload, correlation)
+
+    def _register_commands(self) -> None:
+        """The hub's own commands (issue 10; README, "Commands")."""
+        self.commands.register("status", status_command(self._status_document))
+        self.commands.register(
+            "identify", identify_command(lambda seconds: self.events.publish(Identify(seconds)))
+        )
+        self.commands.register(
+            "devices/get", lambda args: self.remote_devices.get(self.installer_config)
+        )
+
+        async def devices_set(args: dict[str, Any]) -> dict[str, Any]:
+            async def apply() -> HubConfig:
+                # The reload path: unchanged devices keep running, nothing is lost.
+                await self.reload(self.installer_config)
+                return self.config
+
+            return await self.remote_devices.set(args, self.installer_config, apply)
+
+        self.commands.register("devices/set", devices_set, mutates=True)
 
     def _uplink_ended(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or self._stop.is_set() or task is not self._uplink_task:
@@ -389,6 +438,9 @@ class Hub:
                 return
             self.notifier.reloading()
             old = self.config
+            # Issue 10: `new` is the installer's file; the remote devices join it here.
+            self.installer_config = new
+            new = self.remote_devices.merge(new)
             if new.gateway != old.gateway or new.store != old.store:
                 log.warning("reload: [gateway] and [store] changes take effect on restart only")
                 new = new.model_copy(update={"gateway": old.gateway, "store": old.store})
@@ -596,6 +648,9 @@ class Hub:
         if isinstance(event, BleRecoveryStep | BleAdapterFailing | BleAdapterOk):
             self.status.ble = self.ble.health
             self._status_changed()
+        elif isinstance(event, PanelShows):
+            # In the status (issue 10); not a reason to publish it (it changes per reading).
+            self.status.panel_state = event.state
         elif isinstance(event, UplinkUp):
             self.status.uplink_connected = True
         elif isinstance(event, UplinkDown):
@@ -609,14 +664,17 @@ class Hub:
         if self.uplink is not None:
             self.uplink.request_status()
 
-    async def _status_payload(self) -> bytes:
+    async def _status_document(self) -> dict[str, Any]:
         assert self.store is not None
         if self.uplink is not None:
             # Delivery marks wait in batches (issue 11, wear): the status counts them.
             await self.uplink.flush_deliveries()
         stats = await self.store.stats()
         held_back = self.uplink.held_back if self.uplink is not None else 0
-        return encode_status(self.status.document(stats, held_back=held_back))
+        return self.status.document(stats, held_back=held_back)
+
+    async def _status_payload(self) -> bytes:
+        return encode_status(await self._status_document())
 
     def _check_clock(self) -> None:
         problem = clock_problem(self.clock.now())

@@ -174,6 +174,13 @@ class PanelShows(Event):
     state: str
 
 
+@dataclass(frozen=True, slots=True)
+class Identify(Event):
+    """Show "here I am" for `seconds` (the `identify` command, issue 10); 0 ends it."""
+
+    seconds: float
+
+
 Subscriber = Callable[[Event], None]
 
 

@@ -245,7 +245,7 @@ def test_readme_makefile_targets_exist() -> None:
 # -- JSON Schemas ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("which", ["reading", "status"])
+@pytest.mark.parametrize("which", ["reading", "status", "command", "response"])
 def test_schema_command_prints_the_shipped_schema(which: str) -> None:
     result = run_cli("schema", which)
     assert result.returncode == 0, result.stderr

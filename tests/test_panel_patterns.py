@@ -19,6 +19,7 @@ from gateway.events import (
     DiskFull,
     Event,
     HubStarted,
+    Identify,
     PanelShows,
     ReadingDelivered,
     ReadingStored,
@@ -76,6 +77,8 @@ SPEC: dict[str, tuple[Steps, list[Event]]] = {
          ("amber", 1, 0.1), (None, 0, 1.1)],
         [HubStarted(), WindowOpened("pairing", 300)],
     ),
+    # Issue 10: the identify command; never dark, quick, green and red in turn.
+    "here I am": ([("green", 1, 0.25), ("red", 1, 0.25)], [HubStarted(), Identify(30)]),
 }  # fmt: skip
 
 #: Without PWM (issue 11): the same, except the two patterns that dim. "ready" must not

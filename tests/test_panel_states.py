@@ -13,6 +13,7 @@ from gateway.events import (
     DiskOk,
     Event,
     HubStarted,
+    Identify,
     PublishRefused,
     ReadingDelivered,
     ReadingsConfirmed,
@@ -57,6 +58,7 @@ def test_priority_order_is_the_documented_one() -> None:
         "sent",
         "stored, will send later",
         "installer",
+        "here I am",
         "needs help",
         "waiting for you",
         "ready",
@@ -282,3 +284,24 @@ def test_a_new_press_ends_the_last_readings_feedback() -> None:
 def test_next_change_is_none_when_only_events_can_change_it() -> None:
     m = machine(WindowOpened("measure", 120))
     assert m.next_change(1.0) is None
+
+
+def test_identify_shows_here_i_am_for_its_seconds_below_feedback_above_needs_help() -> None:
+    m = machine(DiskFull())
+    m.handle(Identify(30), 10.0)
+    assert m.state(10.0) is S.IDENTIFY  # above needs help: the installer asked for it
+    assert m.next_change(10.0) == 40.0
+    m.handle(stored(), 11.0)
+    assert m.state(11.0) is S.GOT_IT  # a measurement's feedback still comes first
+    m.handle(ReadingDelivered("bp-1", "r1"), 12.0)
+    assert m.state(22.0) is S.SENT
+    assert m.state(22.5) is S.IDENTIFY
+    assert m.state(39.9) is S.IDENTIFY
+    assert m.state(40.0) is S.NEEDS_HELP
+    m.handle(Identify(300), 50.0)
+    m.handle(WindowOpened("pairing", 300), 51.0)
+    assert m.state(51.0) is S.INSTALLER
+    m.handle(WindowClosed("pairing"), 52.0)
+    assert m.state(52.0) is S.IDENTIFY
+    m.handle(Identify(0), 53.0)  # 0 ends it early
+    assert m.state(53.0) is S.NEEDS_HELP

@@ -1,8 +1,9 @@
-"""The `homehub-backend` command: migrate, ingest, fleet, check-config.
+"""The `homehub-backend` command: migrate, ingest, fleet, command, check-config.
 
 Exit status: 0 done (ingest: after SIGTERM/Ctrl-C), 1 could not run (PostgreSQL schema
 missing, a database that refuses us), 78 (EX_CONFIG) invalid configuration, each problem
-naming its field.
+naming its field. `command`: 0 ok, 1 refused, 75 queued for an offline hub (see
+homehub_backend/command.py).
 """
 
 from __future__ import annotations
@@ -46,6 +47,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     fleet = with_config("fleet", "print the hubs: offline, backlog, failing devices")
     fleet.add_argument("--json", action="store_true", help="one JSON document")
+    command = with_config("command", "send a command to a hub and print its response")
+    command.add_argument("hub", help="the hub's gateway id")
+    command.add_argument("name", help="status, identify, devices/get, devices/set, ...")
+    command.add_argument("args", nargs="?", help="the command's args, a JSON object")
+    command.add_argument(
+        "--wait", type=float, default=10.0, help="seconds to wait for the response (10)"
+    )
+    command.add_argument(
+        "--expiry", type=int, default=86400, help="seconds the command stays valid (86400)"
+    )
+    command.add_argument("--id", help="the request id (default: a fresh one; reuse to retry)")
     return parser
 
 
@@ -77,6 +89,8 @@ def _run(args: argparse.Namespace, config: BackendConfig) -> int:
             f"{config.ingest.share_group}, prefix {config.ingest.topic_prefix})"
         )
         return 0
+    if args.command == "command":
+        return _command(args, config)
     from homehub_backend import db  # psycopg: not needed to check a file
 
     if args.command == "migrate":
@@ -119,3 +133,30 @@ def _ingest(args: argparse.Namespace, config: BackendConfig) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
+
+
+def _command(args: argparse.Namespace, config: BackendConfig) -> int:
+    import json
+
+    from homehub_backend.command import parse_args_json, send_command
+
+    if not 0 < args.wait <= 3600 or not 1 <= args.expiry <= 4294967295:
+        print("homehub-backend: --wait 0..3600 s, --expiry 1..4294967295 s", file=sys.stderr)
+        return 64
+    outcome = send_command(
+        config.broker,
+        config.ingest.topic_prefix,
+        args.hub,
+        args.name,
+        parse_args_json(args.args),
+        wait_s=args.wait,
+        expiry_s=args.expiry,
+        request_id=args.id,
+    )
+    if outcome.response is not None:
+        print(json.dumps(outcome.response, indent=2))
+    else:
+        print(
+            f"homehub-backend: command {outcome.request_id}: {outcome.describe()}", file=sys.stderr
+        )
+    return outcome.exit_code

@@ -18,14 +18,21 @@ from typing import Any
 import jsonschema
 
 __all__ = [
+    "COMMAND_SCHEMA",
     "CONFIRM_SCHEMA",
+    "MAX_COMMAND_BYTES",
     "MAX_CONFIRM_IDS",
     "READING_SCHEMA",
+    "RESPONSE_SCHEMA",
     "STATUS_SCHEMA",
+    "command_filter",
+    "command_topic",
     "confirm_topic",
     "load_schema",
     "reading_topic",
     "readings_filter",
+    "response_filter",
+    "response_topic",
     "status_filter",
     "status_topic",
     "validator",
@@ -34,13 +41,18 @@ __all__ = [
 READING_SCHEMA = "homehub.reading/1"
 STATUS_SCHEMA = "homehub.status/1"
 CONFIRM_SCHEMA = "homehub.confirm/1"
+COMMAND_SCHEMA = "homehub.command/1"
+RESPONSE_SCHEMA = "homehub.response/1"
 
 # confirm-1.json's maxItems: a confirmation stays far below any broker's packet limit.
 MAX_CONFIRM_IDS = 1000
+# A command's payload, at most (command-1.json): a hub answers a larger one "too_large".
+MAX_COMMAND_BYTES = 65536
 
 
 def load_schema(name: str) -> dict[str, Any]:
-    """The JSON Schema ``<name>.json`` shipped here: ``reading-1``, ``status-1``, ``confirm-1``."""
+    """The JSON Schema ``<name>.json`` shipped here: ``reading-1``, ``status-1``, ``confirm-1``,
+    ``command-1``, ``response-1``."""
     text = resources.files(__package__).joinpath("schemas", f"{name}.json").read_text("utf-8")
     loaded: dict[str, Any] = json.loads(text)
     return loaded
@@ -79,3 +91,24 @@ def readings_filter(prefix: str) -> str:
 def status_filter(prefix: str) -> str:
     """Every hub's status under a prefix."""
     return f"{prefix}/+/status"
+
+
+def command_topic(prefix: str, gateway_id: str, name: str) -> str:
+    """backend → hub, QoS 1, Response Topic + Correlation Data: ``homehub.command/1``."""
+    return f"{prefix}/{gateway_id}/command/{name}"
+
+
+def command_filter(prefix: str, gateway_id: str) -> str:
+    """Every command to one hub (the hub's subscription)."""
+    return f"{prefix}/{gateway_id}/command/#"
+
+
+def response_topic(prefix: str, gateway_id: str, token: str) -> str:
+    """hub → backend, QoS 1: ``homehub.response/1``. A hub answers only on topics under
+    ``{prefix}/{gateway}/response/`` (the fleet ACL lets it publish nowhere else)."""
+    return f"{prefix}/{gateway_id}/response/{token}"
+
+
+def response_filter(prefix: str, gateway_id: str = "+") -> str:
+    """The responses of one hub, or of every hub (``+``)."""
+    return f"{prefix}/{gateway_id}/response/#"

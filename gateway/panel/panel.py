@@ -180,6 +180,8 @@ class Panel:
             self.state = state
             log.debug("panel: %s", state.value)
             self.player.play(self.patterns[state])
+            if state is PanelState.IDENTIFY:
+                self.player.beep(self.patterns[state].beeps)  # heard as well as seen
             self.events.publish(PanelShows(state.value))
         if self._timer is not None:
             self._timer.cancel()

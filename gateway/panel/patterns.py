@@ -2,8 +2,9 @@
 
 Patterns differ in rhythm as well as colour, so they read without colour vision:
 steady dim, slow breathing, double blink, steady bright, long-on/short-off,
-slow even blink, triple flash, chase. The README's state table documents them;
-tests/test_panel_patterns.py checks the pins follow them.
+slow even blink, triple flash, chase, quick green/red alternation ("here I am").
+The README's state table documents them; tests/test_panel_patterns.py checks the
+pins follow them.
 """
 
 from __future__ import annotations
@@ -124,6 +125,14 @@ def patterns(ready_level: float = 0.1, *, pwm: bool = True) -> dict[PanelState, 
                 Step(A, 1.0, 0.1),
                 Step(DARK, 0.0, 1.1),
             ),
+        ),
+        # Issue 10: unlike any other state, never dark and quick (4 changes a second),
+        # green and red in turn; two long beeps so the box can be heard as well.
+        PanelState.IDENTIFY: Pattern(
+            "green-red alternation",
+            "green 0.25 s, red 0.25 s, repeated, never dark; two long beeps when it starts",
+            (Step(G, 1.0, 0.25), Step(R, 1.0, 0.25)),
+            beeps=(0.5, 0.3, 0.5),
         ),
     }
     if not pwm:

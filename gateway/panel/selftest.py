@@ -27,6 +27,7 @@ SHOW_ORDER = (
     PanelState.STORED_LATER,
     PanelState.NEEDS_HELP,
     PanelState.INSTALLER,
+    PanelState.IDENTIFY,
 )
 
 

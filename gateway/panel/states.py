@@ -18,9 +18,11 @@ so in `UplinkUp.confirming`) the backend's confirmation (`ReadingsConfirmed`,
 issue 9): then a PUBACK alone keeps GOT_IT ("sending"), and no confirmation
 within `send_wait_s` is STORED_LATER, never SENT.
 5. INSTALLER     the pairing window is open (long press)
-6. NEEDS_HELP    any help reason holds (see `help_reasons`)
-7. WAITING       the measure window is open and no reading has been stored since it opened
-8. READY         none of the above
+6. IDENTIFY      the care team's `identify` command (issue 10): for its N seconds
+                 (at most 300), so an installer or a relative finds the box
+7. NEEDS_HELP    any help reason holds (see `help_reasons`)
+8. WAITING       the measure window is open and no reading has been stored since it opened
+9. READY         none of the above
 
 Only the latest stored reading drives 2-4, and a new "measure now" press ends its
 feedback. "sent" needs a `ReadingDelivered` (or `ReadingsConfirmed`) for that
@@ -47,6 +49,7 @@ from gateway.events import (
     DiskOk,
     Event,
     HubStarted,
+    Identify,
     PublishRefused,
     ReadingDelivered,
     ReadingsConfirmed,
@@ -66,6 +69,7 @@ class PanelState(enum.Enum):
     SENT = "sent"
     STORED_LATER = "stored, will send later"
     INSTALLER = "installer"
+    IDENTIFY = "here I am"
     NEEDS_HELP = "needs help"
     WAITING = "waiting for you"
     READY = "ready"
@@ -112,6 +116,7 @@ class PanelStateMachine:
         self.clock_wrong = False
         self.certificate: dict[str, str] = {}  # source -> reason (issue 14)
         self.ble_adapter_failing = False
+        self.identify_until: float | None = None  # issue 10
         self.latest: _Latest | None = None
 
     # -- input -------------------------------------------------------------------------
@@ -120,6 +125,8 @@ class PanelStateMachine:
         match event:
             case HubStarted():
                 self.started = True
+            case Identify(seconds=seconds):
+                self.identify_until = now + seconds if seconds > 0 else None
             case ReadingStored(device_id=device, reading_id=rid, duplicate=False):
                 self.measuring = False
                 self.latest = _Latest(rid, device, now)
@@ -278,7 +285,7 @@ class PanelStateMachine:
         end = max(deferred_at, got_it_end) + t.stored_later_s
         return (PanelState.STORED_LATER, end) if now < end else (None, None)
 
-    def state(self, now: float) -> PanelState:
+    def state(self, now: float) -> PanelState:  # noqa: PLR0911 - one return per priority
         if not self.started:
             return PanelState.STARTING
         feedback, _ = self._feedback(now)
@@ -286,15 +293,22 @@ class PanelStateMachine:
             return feedback
         if self.pairing:
             return PanelState.INSTALLER
+        if self.identifying(now):
+            return PanelState.IDENTIFY
         if self.help_reasons(now):
             return PanelState.NEEDS_HELP
         if self.measuring:
             return PanelState.WAITING
         return PanelState.READY
 
+    def identifying(self, now: float) -> bool:
+        return self.identify_until is not None and now < self.identify_until
+
     def next_change(self, now: float) -> float | None:
         """The next time `state()` may change without an event (None: not by time)."""
         candidates: list[float] = []
+        if self.identify_until is not None:
+            candidates.append(self.identify_until)
         _, end = self._feedback(now)
         if end is not None:
             candidates.append(end)

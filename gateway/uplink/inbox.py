@@ -6,7 +6,9 @@ session (Clean Start 0 with a Session Expiry Interval, MQTT 5 §3.1.2.4 and
 to it while it is offline, so a confirmation published while the hub restarts
 is delivered when it is back (issue 9). Issue 10's commands are one more route.
 
-A route is an exact topic (the hub's own topics have no wildcards), the most
+A route is an exact topic (the hub's own topics have no wildcards), or a topic
+prefix for a family of topics (`prefix_route`, subscribed as `{prefix}/#`: the
+commands of issue 10, `command/status`, `command/devices/set`, ...), the most
 bytes a message on it may have, and an async handler. `dispatch` never raises:
 a message on a topic without a route or an oversize one is logged (never its
 payload: it may hold patient data) and dropped. The uplink acknowledges a QoS 1
@@ -30,6 +32,14 @@ class InboundMessage:
     payload: bytes
     qos: int = 1
     retain: bool = False
+    # MQTT 5 request/response (§4.10) and expiry (§3.3.2.3.3), for the commands
+    # (issue 10): the Response Topic and Correlation Data as sent, and the Message
+    # Expiry Interval the broker gave (what was left of it) with the monotonic time
+    # the message arrived, so time spent queued on the hub counts too.
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    expiry_s: int | None = None
+    received_at: float | None = None
 
 
 Handler = Callable[[InboundMessage], Awaitable[None]]
@@ -50,6 +60,7 @@ class Inbox:
 
     def __init__(self) -> None:
         self._routes: dict[str, Route] = {}
+        self._prefixes: dict[str, Route] = {}  # "a/b/command" -> route of "a/b/command/#"
 
     def route(
         self, topic: str, handler: Handler, *, max_bytes: int, batch: BatchHandler | None = None
@@ -60,12 +71,30 @@ class Inbox:
             raise ValueError(f"{topic!r} already has a route")
         self._routes[topic] = Route(topic, handler, max_bytes, batch)
 
+    def prefix_route(self, prefix: str, handler: Handler, *, max_bytes: int) -> None:
+        """Route every topic below `prefix` (subscribed as `{prefix}/#`) to `handler`."""
+        if "+" in prefix or "#" in prefix or prefix.endswith("/"):
+            raise ValueError(f"a prefix route is a topic without wildcards: {prefix!r}")
+        if prefix in self._prefixes:
+            raise ValueError(f"{prefix!r} already has a prefix route")
+        self._prefixes[prefix] = Route(f"{prefix}/#", handler, max_bytes)
+
     @property
     def topics(self) -> list[str]:
-        return sorted(self._routes)
+        """The topic filters to subscribe to, in a stable order."""
+        return sorted(self._routes) + sorted(r.topic for r in self._prefixes.values())
 
     def __bool__(self) -> bool:
-        return bool(self._routes)
+        return bool(self._routes) or bool(self._prefixes)
+
+    def _route_for(self, topic: str) -> Route | None:
+        route = self._routes.get(topic)
+        if route is not None:
+            return route
+        for prefix, candidate in self._prefixes.items():
+            if topic.startswith(prefix + "/") and len(topic) > len(prefix) + 1:
+                return candidate
+        return None
 
     async def dispatch_many(self, messages: list[InboundMessage]) -> list[bool]:
         """Handle messages in order; for each, whether to acknowledge it.
@@ -76,7 +105,7 @@ class Inbox:
         results: list[bool] = []
         index = 0
         while index < len(messages):
-            route = self._routes.get(messages[index].topic)
+            route = self._route_for(messages[index].topic)
             end = index + 1
             if route is not None and route.batch is not None:
                 while end < len(messages) and messages[end].topic == route.topic:
@@ -115,7 +144,7 @@ class Inbox:
 
     async def dispatch(self, message: InboundMessage) -> bool:
         """Handle one message; whether to acknowledge it (False: the handler failed)."""
-        route = self._routes.get(message.topic)
+        route = self._route_for(message.topic)
         if route is None:
             # The broker sent something we never subscribed to (or a retired route).
             log.warning(

@@ -123,11 +123,12 @@ class _Session:
     inflight: dict[int, _InFlight] = field(default_factory=dict)  # mid -> reading
     status_mids: set[int] = field(default_factory=set)
     status_acked: asyncio.Event = field(default_factory=asyncio.Event)
+    response_mids: dict[int, str] = field(default_factory=dict)  # mid -> topic (issue 10)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
     def unacknowledged(self) -> int:
-        return len(self.inflight) + len(self.status_mids)
+        return len(self.inflight) + len(self.status_mids) + len(self.response_mids)
 
 
 def _settle(future: asyncio.Future[Any], value: Any) -> None:
@@ -208,7 +209,7 @@ class MqttUplink:
         self._unheard: dict[str, Backoff] = {}  # device -> backoff after PUBACK 0x10
         self._stopping = False
         self._inbox = inbox if inbox else None
-        self._inbound: deque[tuple[paho.Client, paho.MQTTMessage]] = deque()
+        self._inbound: deque[tuple[paho.Client, paho.MQTTMessage, float]] = deque()
         self._inbox_worker: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         self.delivered_count = 0
@@ -234,6 +235,29 @@ class MqttUplink:
         if self._acked:
             batch, self._acked = self._acked, []
             await self._mark_delivered(batch)
+
+    def publish_response(self, topic: str, payload: bytes, correlation_data: bytes | None) -> bool:
+        """Publish a command's response (issue 10), QoS 1, not retained; whether it went out.
+
+        MQTT 5 §4.10: on the request's Response Topic, with its Correlation Data. Not
+        sent while there is no connection: the request is then not acknowledged
+        either, the broker delivers it again, and the repeated request id gets this
+        same response (gateway.commands).
+        """
+        session = self._session
+        if session is None or session.lost.done():
+            return False
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        properties.PayloadFormatIndicator = 1
+        properties.ContentType = "application/json"
+        if correlation_data is not None:
+            properties.CorrelationData = correlation_data
+        info = session.client.publish(topic, payload, qos=1, retain=False, properties=properties)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            log.warning("mqtt: a command response was not sent (rc=%s)", info.rc)
+            return False
+        session.response_mids[info.mid] = topic
+        return True
 
     @property
     def held_back(self) -> int:
@@ -410,7 +434,7 @@ class MqttUplink:
             threadsafe(take_pubacks)
 
         def on_message(_c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
-            threadsafe(self._on_message, client, message)
+            threadsafe(self._on_message, client, message, time.monotonic())
 
         def on_subscribe(
             _c: paho.Client, _u: Any, _mid: int, codes: list[ReasonCode], _p: Properties | None
@@ -616,11 +640,7 @@ class MqttUplink:
             return  # a late acknowledgement from a connection already given up
         self._queue.wake.set()
         code = rc.value
-        if mid in session.status_mids:
-            session.status_mids.discard(mid)
-            session.status_acked.set()
-            if code >= 0x80:
-                log.error("mqtt: broker refused the status message: %s", rc)
+        if self._response_acked(session, mid, rc) or self._status_acked(session, mid, rc):
             return
         flight = session.inflight.pop(mid, None)
         if flight is None:
@@ -648,6 +668,30 @@ class MqttUplink:
             self._hold(flight.seq, flight.device_id, f"the broker refused it: {rc}")
             return
         self._refused(flight, str(rc))
+
+    @staticmethod
+    def _status_acked(session: _Session, mid: int, rc: ReasonCode) -> bool:
+        if mid not in session.status_mids:
+            return False
+        session.status_mids.discard(mid)
+        session.status_acked.set()
+        if rc.value >= 0x80:
+            log.error("mqtt: broker refused the status message: %s", rc)
+        return True
+
+    @staticmethod
+    def _response_acked(session: _Session, mid: int, rc: ReasonCode) -> bool:
+        """Whether `mid` was a command response (issue 10); a refusal is logged."""
+        topic = session.response_mids.pop(mid, None)
+        if topic is None:
+            return False
+        if rc.value >= 0x80:
+            log.error(
+                "mqtt: broker refused a command response on %s: %s (check the broker's ACL)",
+                topic,
+                rc,
+            )
+        return True
 
     def _hold(self, seq: int, device_id: str, why: str) -> None:
         self._queue.hold(seq)
@@ -742,8 +786,8 @@ class MqttUplink:
                     rc,
                 )
 
-    def _on_message(self, client: paho.Client, message: paho.MQTTMessage) -> None:
-        self._inbound.append((client, message))
+    def _on_message(self, client: paho.Client, message: paho.MQTTMessage, at: float) -> None:
+        self._inbound.append((client, message, at))
         if self._inbox_worker is None or self._inbox_worker.done():
             self._inbox_worker = asyncio.create_task(self._take_inbound(), name="mqtt-inbox")
 
@@ -754,12 +798,10 @@ class MqttUplink:
         assert self._inbox is not None
         while self._inbound:
             taken = [self._inbound.popleft() for _ in range(min(INBOX_BATCH, len(self._inbound)))]
-            inbound = [
-                InboundMessage(m.topic, bytes(m.payload), m.qos, bool(m.retain)) for _, m in taken
-            ]
+            inbound = [_inbound_message(m, at) for _, m, at in taken]
             acknowledged = await self._inbox.dispatch_many(inbound)
             session = self._session
-            for (client, message), acknowledge in zip(taken, acknowledged, strict=True):
+            for (client, message, _), acknowledge in zip(taken, acknowledged, strict=True):
                 # On a connection already given up there is nothing to acknowledge:
                 # the broker sends it again on the next one (MQTT 5 §4.4).
                 current = session is not None and session.client is client
@@ -783,6 +825,24 @@ class MqttUplink:
             if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
                 session.status_mids.add(info.mid)
             await asyncio.sleep(STATUS_DEBOUNCE_S)
+
+
+def _inbound_message(message: paho.MQTTMessage, at: float) -> InboundMessage:
+    """paho's message as the inbox sees it, with the MQTT 5 properties commands use."""
+    props = message.properties
+    response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
+    correlation = getattr(props, "CorrelationData", None) if props is not None else None
+    expiry = getattr(props, "MessageExpiryInterval", None) if props is not None else None
+    return InboundMessage(
+        message.topic,
+        bytes(message.payload),
+        message.qos,
+        bool(message.retain),
+        response_topic=response_topic if isinstance(response_topic, str) else None,
+        correlation_data=bytes(correlation) if isinstance(correlation, bytes | bytearray) else None,
+        expiry_s=int(expiry) if isinstance(expiry, int) else None,
+        received_at=at,
+    )
 
 
 def _close_in_background(client: paho.Client) -> None:
