@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from gateway import __version__
 from gateway.backoff import Backoff
+from gateway.careplan import CarePlanService
 from gateway.clock import Clock, SystemClock
 from gateway.clockcheck import clock_problem
 from gateway.clocksync import SyncSource, SystemSync
@@ -197,6 +198,13 @@ class Hub:
         #: what was last logged about the client certificate (state, days left when expiring)
         self._cert_logged: tuple[str, int] | None = None
         self._cert_trouble: str | None = None  # the panel's reason, while there is one
+        #: issue 10: `care-plan/get` is `hub.care_plan.get()`, `care-plan/set` is `.set(doc)`
+        self.care_plan = CarePlanService(
+            config.gateway.state_dir,
+            now=self.clock.now,
+            publish=self.events.publish,
+            on_change=self._status_changed,
+        )
 
     def stop(self) -> None:
         """Ask the hub to stop; `run()` returns once it has shut down cleanly."""
@@ -235,6 +243,7 @@ class Hub:
             on_recovered=self._on_recovered,
         )
         self.store = store
+        self.care_plan.load()
         self.events.subscribe(self._track_uplink)
         self._check_certificate()  # before the first status goes out
         self._start_uplink(cfg)
@@ -244,6 +253,7 @@ class Hub:
         background = [
             asyncio.create_task(self._housekeeping(), name="housekeeping"),
             asyncio.create_task(self._watch_clock_sync(), name="clock-sync"),
+            asyncio.create_task(self.care_plan.run(), name="care-plan"),
         ]
         if self.notifier.watchdog_interval_s is not None:
             background.append(asyncio.create_task(self._watchdog(), name="watchdog"))
@@ -503,8 +513,9 @@ class Hub:
             # Issue 13: say how far the hub's clock could be trusted at this moment.
             quality = _CLOCK_QUALITY[self.status.clock_synced]
             reading = reading.model_copy(update={"measured_at_quality": quality})
+        received_at = self.clock.now()
         try:
-            stored = await store.add(reading, self.clock.now())
+            stored = await store.add(reading, received_at)
         except StoreFullError:
             if not self.status.disk_full:
                 self.status.disk_full = True
@@ -523,6 +534,8 @@ class Hub:
             if was_failing:
                 self.events.publish(DeviceRecovered(options.id))
             self._status_changed()
+        if not stored.duplicate:
+            self.care_plan.stored(reading, received_at)
         self.events.publish(ReadingStored(options.id, stored.id, stored.duplicate))
         return stored
 
@@ -610,6 +623,7 @@ class Hub:
         assert self.store is not None
         stats = await self.store.stats()
         held_back = self.uplink.held_back if self.uplink is not None else 0
+        self.status.care_plan = self.care_plan.status()
         return encode_status(self.status.document(stats, held_back=held_back))
 
     def _check_clock(self) -> None:

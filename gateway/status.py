@@ -75,6 +75,8 @@ class StatusTracker:
     tls: dict[str, Any] | None = None
     #: set once the BLE runtime took a recovery step or its adapter changed (issue 12)
     ble: BleHealth | None = None
+    #: the care plan in force (issue 10; CarePlanService.status()); None: no plan
+    care_plan: dict[str, Any] | None = None
 
     def document(
         self, stats: StoreStats, *, now: float | None = None, held_back: int = 0
@@ -111,6 +113,7 @@ class StatusTracker:
                 "recovered": _recovery(stats),
             },
             **({} if self.ble is None else {"ble": _ble(self.ble)}),
+            "care_plan": self.care_plan,
             "devices": {
                 device_id: {
                     "driver": device.driver,

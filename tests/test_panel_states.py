@@ -59,6 +59,7 @@ def test_priority_order_is_the_documented_one() -> None:
         "installer",
         "needs help",
         "waiting for you",
+        "measurement due",
         "ready",
     ]
 

@@ -20,7 +20,12 @@ within `send_wait_s` is STORED_LATER, never SENT.
 5. INSTALLER     the pairing window is open (long press)
 6. NEEDS_HELP    any help reason holds (see `help_reasons`)
 7. WAITING       the measure window is open and no reading has been stored since it opened
-8. READY         none of the above
+8. MEASUREMENT_DUE  the care plan expects a measurement now and none of that kind has come
+                 (`MeasurementDue`, issue 10): a reminder, so below the patient's own press
+9. READY         none of the above
+
+The care plan's quiet hours (`QuietHours`) do not change the state: `quiet` tells the
+panel to show nothing but "needs help", dimmed (gateway/panel/panel.py).
 
 Only the latest stored reading drives 2-4, and a new "measure now" press ends its
 feedback. "sent" needs a `ReadingDelivered` (or `ReadingsConfirmed`) for that
@@ -47,7 +52,9 @@ from gateway.events import (
     DiskOk,
     Event,
     HubStarted,
+    MeasurementDue,
     PublishRefused,
+    QuietHours,
     ReadingDelivered,
     ReadingsConfirmed,
     ReadingsDropped,
@@ -68,6 +75,7 @@ class PanelState(enum.Enum):
     INSTALLER = "installer"
     NEEDS_HELP = "needs help"
     WAITING = "waiting for you"
+    MEASUREMENT_DUE = "measurement due"
     READY = "ready"
 
 
@@ -113,6 +121,9 @@ class PanelStateMachine:
         self.certificate: dict[str, str] = {}  # source -> reason (issue 14)
         self.ble_adapter_failing = False
         self.latest: _Latest | None = None
+        self.due = False  # the care plan waits for a measurement (issue 10)
+        self.quiet = False  # the care plan's quiet hours
+        self.quiet_level = 1.0  # "needs help"'s brightness in quiet hours
 
     # -- input -------------------------------------------------------------------------
 
@@ -189,6 +200,10 @@ class PanelStateMachine:
                 self.latest = None
             case WindowClosed(kind="measure"):
                 self.measuring = False
+            case MeasurementDue(kinds=kinds):
+                self.due = bool(kinds)
+            case QuietHours(active=active, help_level=level):
+                self.quiet, self.quiet_level = active, level
             case WindowOpened(kind="pairing"):
                 self.pairing = True
             case WindowClosed(kind="pairing"):
@@ -290,7 +305,7 @@ class PanelStateMachine:
             return PanelState.NEEDS_HELP
         if self.measuring:
             return PanelState.WAITING
-        return PanelState.READY
+        return PanelState.MEASUREMENT_DUE if self.due else PanelState.READY
 
     def next_change(self, now: float) -> float | None:
         """The next time `state()` may change without an event (None: not by time)."""
