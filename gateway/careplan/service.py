@@ -269,7 +269,8 @@ class CarePlanService:
                 at = None
             wait = EVALUATE_EVERY_S
             if at is not None:
-                wait = min(wait, max(0.0, (at - self._now()).total_seconds()))
+                # At least 1 ms: a boundary a rounding error away must not spin the loop.
+                wait = min(wait, max(0.001, (at - self._now()).total_seconds()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
 
