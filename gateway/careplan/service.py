@@ -251,6 +251,13 @@ class CarePlanService:
             self._on_change()
         return min(boundaries) if boundaries else None
 
+    def _quiet_at(self, now: datetime) -> bool:
+        quiet = self.plan.quiet_hours
+        if quiet is None:
+            return False
+        spans = quiet_spans(quiet, self.zone, now, now + timedelta(seconds=1))
+        return any(start <= now < end for start, end in spans)
+
     def next_window(self) -> Slot | None:
         now = self._now()
         for slot in slots_between(self.plan, self.zone, now, now + timedelta(days=8)):
@@ -282,15 +289,22 @@ class CarePlanService:
         if plan.empty and self.problem is None:
             return None
         upcoming = self.next_window()
+        now = self._now()
+        # From the windows, not from the last evaluate(): right also for `homehub status`.
+        due = {
+            slot.kind
+            for slot in slots_between(plan, self.zone, now, now + timedelta(seconds=1))
+            if slot.start <= now < slot.end and slot.key not in self._measured
+        }
         return {
             "version": plan.version,
             "hash": plan.digest(),
             "windows": len(plan.schedule),
             "thresholds": len(plan.thresholds) + (plan.weight_gain is not None),
-            "due": list(self.due),
+            "due": sorted(due),
             "next_window": None if upcoming is None else _slot_json(upcoming),
             "missed": list(self.missed),
-            "quiet": self.quiet,
+            "quiet": self._quiet_at(now),
             "problem": self.problem,
         }
 
