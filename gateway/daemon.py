@@ -514,8 +514,10 @@ class Hub:
             quality = _CLOCK_QUALITY[self.status.clock_synced]
             reading = reading.model_copy(update={"measured_at_quality": quality})
         received_at = self.clock.now()
+        # Issue 10: outside the care plan's thresholds -> flagged, and sent first.
+        flags = self.care_plan.flags(reading)
         try:
-            stored = await store.add(reading, received_at)
+            stored = await store.add(reading, received_at, flags)
         except StoreFullError:
             if not self.status.disk_full:
                 self.status.disk_full = True

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
-from gateway.careplan import parse_plan
-from gateway.sim.broker import MosquittoBroker
-from tests.helpers import LineReader, hub_process, write_config
+from gateway.careplan import CarePlanService, parse_plan
+from gateway.events import EventBus, ReadingStored
+from gateway.sim.broker import MosquittoBroker, free_port
+from tests.helpers import (
+    LineReader,
+    Listener,
+    hub_process,
+    running_hub,
+    sim_device,
+    write_config,
+)
+
+FAST_MQTT = {"reconnect_min_s": 0.1, "reconnect_max_s": 0.5, "keepalive_s": 5}
 
 PLAN = {
     "version": 7,
@@ -95,3 +108,53 @@ def test_plan_set_survives_sigkill_and_restart(tmp_path: Path, broker: Mosquitto
     finally:
         if hub.poll() is None:
             hub.kill()
+
+
+async def _store_offline(config: Path, count: int) -> None:
+    events = EventBus()
+    queue, _ = events.queue()
+    async with running_hub(config, events):
+        stored = 0
+        async with asyncio.timeout(30):
+            while stored < count:
+                event = await queue.get()
+                if isinstance(event, ReadingStored) and not event.duplicate:
+                    stored += 1
+
+
+def test_flagged_readings_are_published_before_the_backlog(
+    tmp_path: Path, broker: MosquittoBroker, listener_factory: Callable[..., Listener]
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    plans = CarePlanService(state, now=lambda: datetime.now(UTC))
+    plans.set({"thresholds": [{"mdc": 150021, "above": 140, "unit": "mm[Hg]"}]})
+    # An outage: 200 readings stored with no broker to reach.
+    offline = write_config(
+        tmp_path / "offline.toml",
+        broker=None,
+        state_dir=state,
+        mqtt={"port": free_port(), **FAST_MQTT},
+        devices=[sim_device("bp-1", "blood_pressure", interval_s=0.0, count=200, seed=10)],
+    )
+    asyncio.run(_store_offline(offline, 200))
+    listener = listener_factory(broker.port)
+    online = write_config(tmp_path / "online.toml", broker=broker, state_dir=state, mqtt=FAST_MQTT)
+    hub = hub_process(online)
+    try:
+        readings = listener.wait_for(200, timeout_s=30)
+    finally:
+        hub.terminate()
+        hub.wait(timeout=10)
+    assert len({r["id"] for r in readings}) == 200
+    systolic = [next(v["value"] for v in r["values"] if v["mdc"] == 150021) for r in readings]
+    flagged = ["flags" in r for r in readings]
+    # The right readings carry the flag, and only they.
+    assert flagged == [s > 140 for s in systolic]
+    assert all(r["flags"] == ["above:150021"] for r in readings if "flags" in r)
+    n = sum(flagged)
+    assert 3 <= n <= 40, n  # seed 10: a handful above 140 among 200
+    # Every flagged reading arrived before every unflagged one, each group in seq order.
+    assert flagged == [True] * n + [False] * (200 - n)
+    measured = [r["measured_at"] for r in readings]
+    assert measured[:n] == sorted(measured[:n]) and measured[n:] == sorted(measured[n:])
