@@ -9,11 +9,13 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from homehub_contract import validator
+
 from gateway.careplan import CarePlanService, parse_plan
-from gateway.events import EventBus, ReadingStored
+from gateway.events import EventBus, MeasurementDue, ReadingStored
 from gateway.sim.broker import MosquittoBroker, free_port
 from tests.helpers import (
     LineReader,
@@ -158,3 +160,53 @@ def test_flagged_readings_are_published_before_the_backlog(
     assert flagged == [True] * n + [False] * (200 - n)
     measured = [r["measured_at"] for r in readings]
     assert measured[:n] == sorted(measured[:n]) and measured[n:] == sorted(measured[n:])
+
+
+async def _due_in_hub(config: Path) -> None:
+    events = EventBus()
+    queue, _ = events.queue()
+    async with running_hub(config, events) as hub:
+        async with asyncio.timeout(20):
+            kinds: set[str] = set()
+            due: MeasurementDue | None = None
+            # The blood pressure reading (stored at start) does not end the weight window.
+            while "bp-1" not in kinds or due is None:
+                event = await queue.get()
+                if isinstance(event, ReadingStored):
+                    kinds.add(event.device_id)
+                elif isinstance(event, MeasurementDue):
+                    due = event
+            assert due.kinds == ("weight",)
+            assert hub.care_plan.due == ("weight",)
+            hub.measure.open()  # the scale's reading (trigger = "measure")
+            while True:
+                event = await queue.get()
+                if isinstance(event, MeasurementDue):
+                    assert event.kinds == ()
+                    break
+        doc = json.loads(await hub._status_payload())
+        validator("status-1").validate(doc)
+        block = doc["care_plan"]
+        assert block["due"] == [] and block["missed"] == [] and block["windows"] == 1
+
+
+def test_hub_shows_measurement_due_until_a_reading_of_its_kind(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    now = datetime.now(UTC)
+    start, end = now - timedelta(hours=1), now + timedelta(hours=1)
+    window = {"kind": "weight", "start": f"{start:%H:%M}", "end": f"{end:%H:%M}"}
+    CarePlanService(state, now=lambda: now).set({"timezone": "UTC", "schedule": [window]})
+    config = write_config(
+        tmp_path / "hub.toml",
+        broker=broker,
+        state_dir=state,
+        mqtt=FAST_MQTT,
+        devices=[
+            sim_device("bp-1", "blood_pressure", interval_s=0.0, count=1),
+            sim_device("scale-1", "weight", trigger="measure", interval_s=0.0, count=1),
+        ],
+    )
+    asyncio.run(_due_in_hub(config))
