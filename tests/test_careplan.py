@@ -153,3 +153,20 @@ def test_damaged_plan_file_is_reported_not_fatal(tmp_path: Path) -> None:
     assert status is not None and status["problem"] == f"{PLAN_FILE} is not a valid care plan"
     plans.set(copy.deepcopy(PLAN))
     assert plans.status()["problem"] is None  # type: ignore[index]
+
+
+def test_a_plan_that_cannot_be_saved_is_not_in_force(tmp_path: Path) -> None:
+    plans = service(tmp_path / "missing")  # no such directory: the write fails
+    with pytest.raises(CarePlanError) as caught:
+        plans.set(copy.deepcopy(PLAN))
+    assert caught.value.problems[0][0] == "(plan)"
+    assert plans.get() == {}
+
+
+def test_hub_zone_follows_tz(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.careplan.schedule import hub_zone
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    assert str(hub_zone()) == "America/New_York"
+    monkeypatch.setenv("TZ", ":Europe/Paris")
+    assert str(hub_zone()) == "Europe/Paris"

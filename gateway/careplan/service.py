@@ -127,7 +127,12 @@ class CarePlanService:
         plan = parse_plan(doc)
         data = json.dumps(plan.to_json(), sort_keys=True, indent=1).encode() + b"\n"
         # Durable before it is in force (and before the command says ok).
-        write_atomic(self.plan_path, data, owner=None)
+        try:
+            write_atomic(self.plan_path, data, owner=None)
+        except OSError as exc:
+            # Not in force either: a plan the hub would forget at the next restart.
+            log.error("care plan: cannot write %s: %s", PLAN_FILE, exc.strerror)
+            raise CarePlanError([("(plan)", f"cannot be saved: {exc.strerror}")]) from exc
         before = self.plan.digest()
         self._use(plan)
         self.problem = None
