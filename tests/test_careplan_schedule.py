@@ -206,3 +206,18 @@ def test_window_across_midnight_and_days() -> None:
     spo2 = [s for s in slots if s.kind == "pulse_oximeter" and s.start >= local(3, 0)]
     assert spo2[0].start.astimezone(PARIS) == local(3, 23, 45)
     assert spo2[0].end.astimezone(PARIS) == local(4, 0, 45)
+
+
+def test_a_wrong_clock_judges_no_window_missed(tmp_path: Path) -> None:
+    """A Pi boots in 1970 (no RTC) and NTP sets the clock later: no week of 'missed'."""
+    plan = {"schedule": [{"kind": "weight", "start": "06:00", "end": "10:00"}]}
+    clock = {"now": datetime(1970, 1, 1, 0, 5, tzinfo=UTC)}
+    plans = CarePlanService(tmp_path, now=lambda: clock["now"], zone=PARIS)
+    plans.set(plan)
+    plans.evaluate()
+    clock["now"] = local(3, 12)  # NTP answered
+    plans.evaluate()
+    assert plans.missed == []
+    clock["now"] = local(4, 12)  # a day later, the window of the 4th passed unmeasured
+    plans.evaluate()
+    assert [m["start"] for m in plans.missed] == ["2026-12-04T05:00:00Z"]

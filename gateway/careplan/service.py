@@ -41,6 +41,7 @@ from gateway.careplan.flags import (
 )
 from gateway.careplan.model import CarePlan, parse_plan
 from gateway.careplan.schedule import Slot, plan_zone, quiet_spans, slots_between
+from gateway.clockcheck import clock_problem
 from gateway.errors import CarePlanError
 from gateway.events import Event, MeasurementDue, QuietHours
 from gateway.identity import _write_private as write_atomic
@@ -214,12 +215,22 @@ class CarePlanService:
         boundaries: list[datetime] = []
         due: set[str] = set()
         judged = self._judged_until
+        if judged is not None and clock_problem(judged) is not None:
+            judged = None  # judged on a clock that was wrong (a Pi before NTP): start over
+        # On an implausible clock nothing is judged missed (it would be a week of them
+        # once the clock is set); what is due now is still shown.
+        judging = clock_problem(now) is None
         since = now - CATCH_UP if judged is None else max(judged, now - CATCH_UP)
         changed = False
         slots = slots_between(plan, self.zone, min(since, now), now + timedelta(days=2))
         for slot in slots:
             if slot.end <= now:
-                if judged is not None and slot.end > since and slot.key not in self._measured:
+                if (
+                    judging
+                    and judged is not None
+                    and slot.end > since
+                    and slot.key not in self._measured
+                ):
                     self.missed.append(_slot_json(slot))
                     changed = True
                     log.info("care plan: a %s window passed without a reading", slot.kind)
@@ -227,7 +238,7 @@ class CarePlanService:
             if slot.start <= now and slot.key not in self._measured:
                 due.add(slot.kind)
             boundaries.extend(b for b in (slot.start, slot.end) if b > now)
-        if judged is None or now > judged:
+        if judging and (judged is None or now > judged):
             self._judged_until = now
         if len(self.missed) > MAX_MISSED:
             del self.missed[: len(self.missed) - MAX_MISSED]
