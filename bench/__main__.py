@@ -26,7 +26,18 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from bench import backend_ingest, commands, confirm, drain, fhir, footprint, ingest, latency, wear
+from bench import (
+    backend_ingest,
+    careplan,
+    commands,
+    confirm,
+    drain,
+    fhir,
+    footprint,
+    ingest,
+    latency,
+    wear,
+)
 from bench.common import Result, filesystem_type, scratch_dir, scratch_parent
 from gateway.sim.broker import find_mosquitto
 
@@ -76,6 +87,7 @@ BENCHMARKS: dict[str, Runner] = {
     "wear": lambda quick: (
         wear.run(steady=20, bursts=2, idle_window_s=30.0, quick=True) if quick else wear.run()
     ),
+    "careplan": lambda quick: careplan.run(rss_after_s=8, samples=3) if quick else careplan.run(),
     "footprint": lambda quick: (
         footprint.run(rss_after_s=15, settle_s=2, cpu_window_s=8) if quick else footprint.run()
     ),

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from homehub_contract import load_schema
 
@@ -129,6 +130,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         }
         for device in config.devices
     }
+    care_plan = _care_plan_status(config.gateway.state_dir)
     if args.json:
         doc = {
             "gateway": config.gateway.id,
@@ -142,6 +144,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "dropped": stats.dropped,
             "stored": stats.total,
             "devices": devices,
+            "care_plan": care_plan,
         }
         print(json.dumps(doc, indent=2))
         return EX_OK
@@ -161,7 +164,41 @@ def cmd_status(args: argparse.Namespace) -> int:
     for device_id, info in devices.items():
         last = info["last_reading_at"] or "never"
         print(f"device {device_id:<12} {info['driver']:<24} last reading {last}")
+    _print_care_plan(care_plan)
     return EX_OK
+
+
+def _care_plan_status(state_dir: Path) -> dict[str, Any] | None:
+    """The care plan in force and its windows, from the state directory (issue 10)."""
+    from gateway.careplan import CarePlanService
+    from gateway.clock import SystemClock
+
+    plans = CarePlanService(state_dir, now=SystemClock().now)
+    plans.load()  # reads only
+    return plans.status()
+
+
+def _print_care_plan(block: dict[str, Any] | None) -> None:
+    if block is None:
+        print("care plan      none")
+        return
+    version = "" if block["version"] is None else f"version {block['version']}, "
+    print(
+        f"care plan      {version}{block['hash']} ({block['windows']} windows,"
+        f" {block['thresholds']} thresholds)"
+    )
+    if block["problem"]:
+        print(f"CARE PLAN      {block['problem']}")
+    if block["due"]:
+        print(f"due now        {', '.join(block['due'])}")
+    upcoming = block["next_window"]
+    if upcoming is not None:
+        print(f"next window    {upcoming['kind']} {upcoming['start']} - {upcoming['end']}")
+    print(f"missed         {len(block['missed'])}")
+    for window in block["missed"]:
+        print(f"  missed       {window['kind']} {window['start']} - {window['end']}")
+    if block["quiet"]:
+        print("quiet hours    now")
 
 
 # -- listen --------------------------------------------------------------------------

@@ -20,17 +20,19 @@ from pydantic import ValidationError
 
 from gateway import __version__
 from gateway.backoff import Backoff
+from gateway.careplan import CarePlanService
 from gateway.clock import Clock, SystemClock
 from gateway.clockcheck import clock_problem
 from gateway.clocksync import SyncSource, SystemSync
 from gateway.commands import CommandChannel, CommandRegistry, RemoteDevices
 from gateway.commands.builtin import identify_command, status_command
 from gateway.commands.channel import MAX_ROUTE_BYTES
+from gateway.commands.registry import FieldError, FieldProblem
 from gateway.config import HubConfig
 from gateway.drivers.base import DriverContext, DriverOptions, StoredReading
 from gateway.drivers.ble.runtime import BleRuntime
 from gateway.drivers.registry import DriverRegistry
-from gateway.errors import DriverError, StoreError, StoreFullError
+from gateway.errors import CarePlanError, DriverError, StoreError, StoreFullError
 from gateway.events import (
     BleAdapterFailing,
     BleAdapterOk,
@@ -208,6 +210,13 @@ class Hub:
         self.remote_devices = RemoteDevices(config.gateway.state_dir, registry)
         self.commands = CommandRegistry()
         self.command_channel: CommandChannel | None = None
+        #: issue 10: the care plan, set and read by the `care-plan/*` commands
+        self.care_plan = CarePlanService(
+            config.gateway.state_dir,
+            now=self.clock.now,
+            publish=self.events.publish,
+            on_change=self._status_changed,
+        )
         self._register_commands()
 
     def stop(self) -> None:
@@ -248,6 +257,7 @@ class Hub:
             on_recovered=self._on_recovered,
         )
         self.store = store
+        self.care_plan.load()
         self.events.subscribe(self._track_uplink)
         self._check_certificate()  # before the first status goes out
         self.command_channel = CommandChannel(
@@ -265,6 +275,7 @@ class Hub:
         background = [
             asyncio.create_task(self._housekeeping(), name="housekeeping"),
             asyncio.create_task(self._watch_clock_sync(), name="clock-sync"),
+            asyncio.create_task(self.care_plan.run(), name="care-plan"),
         ]
         if self.notifier.watchdog_interval_s is not None:
             background.append(asyncio.create_task(self._watchdog(), name="watchdog"))
@@ -368,6 +379,22 @@ class Hub:
             return await self.remote_devices.set(args, self.installer_config, apply)
 
         self.commands.register("devices/set", devices_set, mutates=True)
+
+        def care_plan_get(args: dict[str, Any]) -> dict[str, Any]:
+            return {"care_plan": self.care_plan.get()}
+
+        def care_plan_set(args: dict[str, Any]) -> dict[str, Any]:
+            # `args` is the plan itself; persisted before this returns (CarePlanService.set).
+            try:
+                self.care_plan.set(args)
+            except CarePlanError as exc:
+                raise FieldError(
+                    [FieldProblem(f"args.{path}", message) for path, message in exc.problems]
+                ) from exc
+            return {"care_plan": self.care_plan.get()}
+
+        self.commands.register("care-plan/get", care_plan_get)
+        self.commands.register("care-plan/set", care_plan_set, mutates=True)
 
     def _uplink_ended(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or self._stop.is_set() or task is not self._uplink_task:
@@ -558,8 +585,11 @@ class Hub:
             # Issue 13: say how far the hub's clock could be trusted at this moment.
             quality = _CLOCK_QUALITY[self.status.clock_synced]
             reading = reading.model_copy(update={"measured_at_quality": quality})
+        received_at = self.clock.now()
+        # Issue 10: outside the care plan's thresholds -> flagged, and sent first.
+        flags = self.care_plan.flags(reading)
         try:
-            stored = await store.add(reading, self.clock.now())
+            stored = await store.add(reading, received_at, flags)
         except StoreFullError:
             if not self.status.disk_full:
                 self.status.disk_full = True
@@ -578,6 +608,8 @@ class Hub:
             if was_failing:
                 self.events.publish(DeviceRecovered(options.id))
             self._status_changed()
+        if not stored.duplicate:
+            self.care_plan.stored(reading, received_at)
         self.events.publish(ReadingStored(options.id, stored.id, stored.duplicate))
         return stored
 
@@ -671,6 +703,7 @@ class Hub:
             await self.uplink.flush_deliveries()
         stats = await self.store.stats()
         held_back = self.uplink.held_back if self.uplink is not None else 0
+        self.status.care_plan = self.care_plan.status()
         return self.status.document(stats, held_back=held_back)
 
     async def _status_payload(self) -> bytes:

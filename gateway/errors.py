@@ -42,3 +42,11 @@ class DecodeError(GatewayError):
 
 class UplinkError(GatewayError):
     """The MQTT uplink could not connect or lost its connection."""
+
+
+class CarePlanError(GatewayError):
+    """A care plan was refused (issue 10); nothing changed. Carries (field path, message)."""
+
+    def __init__(self, problems: Sequence[tuple[str, str]]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(f"{path}: {message}" for path, message in self.problems))

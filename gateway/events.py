@@ -124,6 +124,25 @@ class WindowClosed(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class MeasurementDue(Event):
+    """The care plan's open windows still waiting for a reading, by kind (issue 10).
+
+    Published whenever the set changes; empty: nothing is due.
+    """
+
+    kinds: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class QuietHours(Event):
+    """The care plan's quiet hours began (`active`) or ended (issue 10): no light but
+    "needs help", at `help_level`."""
+
+    active: bool
+    help_level: float
+
+
+@dataclass(frozen=True, slots=True)
 class ButtonStuck(Event):
     """The panel's button has been held far too long; reported once per episode."""
 

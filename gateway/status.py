@@ -77,6 +77,8 @@ class StatusTracker:
     ble: BleHealth | None = None
     #: what the panel shows now (PanelShows; issue 10), None before it showed anything
     panel_state: str | None = None
+    #: the care plan in force (issue 10; CarePlanService.status()); None: no plan
+    care_plan: dict[str, Any] | None = None
 
     def document(
         self, stats: StoreStats, *, now: float | None = None, held_back: int = 0
@@ -114,6 +116,7 @@ class StatusTracker:
             },
             **({} if self.ble is None else {"ble": _ble(self.ble)}),
             "panel": {"state": self.panel_state},
+            "care_plan": self.care_plan,
             "devices": {
                 device_id: {
                     "driver": device.driver,

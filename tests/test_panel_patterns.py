@@ -20,6 +20,7 @@ from gateway.events import (
     Event,
     HubStarted,
     Identify,
+    MeasurementDue,
     PanelShows,
     ReadingDelivered,
     ReadingStored,
@@ -72,6 +73,9 @@ SPEC: dict[str, tuple[Steps, list[Event]]] = {
         [HubStarted(), ReadingStored("bp-1", "r1", duplicate=False)],
     ),
     "needs help": ([("red", 1, 1.0), (None, 0, 1.0)], [HubStarted(), DiskFull()]),
+    "measurement due": (
+        [("green", 1, 2.0), (None, 0, 2.0)], [HubStarted(), MeasurementDue(("weight",))]
+    ),
     "installer": (
         [("amber", 1, 0.1), (None, 0, 0.1), ("amber", 1, 0.1), (None, 0, 0.1),
          ("amber", 1, 0.1), (None, 0, 1.1)],

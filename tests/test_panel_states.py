@@ -61,6 +61,7 @@ def test_priority_order_is_the_documented_one() -> None:
         "here I am",
         "needs help",
         "waiting for you",
+        "measurement due",
         "ready",
     ]
 

@@ -87,11 +87,11 @@ def test_version_1_file_migrated_in_place(tmp_path: Path, user_version: int) -> 
         outbox.close()
     db = sqlite3.connect(path)
     try:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         columns = [r[1] for r in db.execute("PRAGMA table_info(readings)")]
-        assert columns[-1] == "confirmed_at"
+        assert columns[-2:] == ["confirmed_at", "priority"]  # priority: version 3 (issue 10)
         indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-        assert "readings_unconfirmed" in indexes
+        assert {"readings_unconfirmed", "readings_priority"} <= indexes
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         db.close()

@@ -31,7 +31,7 @@ from gateway.events import (
 )
 from gateway.panel.backends import PanelBackend
 from gateway.panel.button import ButtonLogic
-from gateway.panel.patterns import Pattern, patterns
+from gateway.panel.patterns import QUIET, Pattern, dimmed, patterns
 from gateway.panel.player import PatternPlayer
 from gateway.panel.states import PanelState, PanelStateMachine, StateTimings
 
@@ -82,6 +82,7 @@ class Panel:
         )
         self.machine: PanelStateMachine | None = None
         self.state: PanelState | None = None
+        self._quiet = False  # what the light plays is the quiet-hours version (issue 10)
         self._help: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -147,7 +148,7 @@ class Panel:
         self._log_backend()
         self._listen_to_button()
         if self.state is not None:
-            self.player.play(self.patterns[self.state])
+            self.player.play(self._pattern(self.state))
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, PanelShows) or self.machine is None or self._loop is None:
@@ -171,24 +172,37 @@ class Panel:
         help_now = machine.help_reasons(now)
         if help_now and not self._help:
             log.warning("panel: needs help: %s", "; ".join(help_now))
-            self.player.beep(self.patterns[PanelState.NEEDS_HELP].beeps)
+            if not machine.quiet:  # no beeps in quiet hours (issue 10)
+                self.player.beep(self.patterns[PanelState.NEEDS_HELP].beeps)
         elif self._help and not help_now:
             log.info("panel: help no longer needed")
         self._help = help_now
         state = machine.state(now)
-        if state is not self.state:
-            self.state = state
-            log.debug("panel: %s", state.value)
-            self.player.play(self.patterns[state])
-            if state is PanelState.IDENTIFY:
-                self.player.beep(self.patterns[state].beeps)  # heard as well as seen
-            self.events.publish(PanelShows(state.value))
+        if state is not self.state or machine.quiet != self._quiet:
+            changed = state is not self.state
+            self.state, self._quiet = state, machine.quiet
+            log.debug("panel: %s%s", state.value, " (quiet hours)" if machine.quiet else "")
+            self.player.play(self._pattern(state))
+            if changed:
+                if state is PanelState.IDENTIFY and not machine.quiet:
+                    self.player.beep(self.patterns[state].beeps)  # heard as well as seen
+                self.events.publish(PanelShows(state.value))
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         at = machine.next_change(now)
         if at is not None:
             self._timer = loop.call_at(at, self._refresh)
+
+    def _pattern(self, state: PanelState) -> Pattern:
+        """What the light plays for `state`: in the care plan's quiet hours nothing but
+        "needs help", dimmed (issue 10)."""
+        machine = self.machine
+        if machine is None or not machine.quiet:
+            return self.patterns[state]
+        if state is PanelState.NEEDS_HELP:
+            return dimmed(self.patterns[state], machine.quiet_level)
+        return QUIET
 
     async def close(self) -> None:
         """Stop listening; lights off and pins released."""

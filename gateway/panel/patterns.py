@@ -2,9 +2,9 @@
 
 Patterns differ in rhythm as well as colour, so they read without colour vision:
 steady dim, slow breathing, double blink, steady bright, long-on/short-off,
-slow even blink, triple flash, chase, quick green/red alternation ("here I am").
-The README's state table documents them; tests/test_panel_patterns.py checks the
-pins follow them.
+slow even blink, triple flash, chase, quick green/red alternation ("here I am"),
+long even blink ("measurement due"). The README's state table documents them;
+tests/test_panel_patterns.py checks the pins follow them.
 """
 
 from __future__ import annotations
@@ -108,6 +108,12 @@ def patterns(ready_level: float = 0.1, *, pwm: bool = True) -> dict[PanelState, 
             "amber 1.7 s on, 0.3 s dark, repeated",
             (Step(A, 1.0, 1.7), Step(DARK, 0.0, 0.3)),
         ),
+        # Issue 10: a reminder, not an alarm: green, and half the pace of "needs help".
+        PanelState.MEASUREMENT_DUE: Pattern(
+            "long green blink",
+            "green 2 s on, 2 s dark, repeated",
+            (Step(G, 1.0, 2.0), Step(DARK, 0.0, 2.0)),
+        ),
         PanelState.NEEDS_HELP: Pattern(
             "slow red blink",
             "red 1 s on, 1 s dark, repeated; three short beeps when the trouble starts",
@@ -138,6 +144,19 @@ def patterns(ready_level: float = 0.1, *, pwm: bool = True) -> dict[PanelState, 
     if not pwm:
         table.update(_on_off(ready_level))
     return table
+
+
+#: Quiet hours (issue 10): everything but "needs help" is dark.
+QUIET = Pattern("dark", "off (quiet hours)", _steady(G, 0.0))
+
+
+def dimmed(pattern: Pattern, level: float) -> Pattern:
+    """`pattern` at `level` of its brightness and silent ("needs help" in quiet hours).
+    Without PWM a level above 0 is simply on: the rhythm is kept either way."""
+    steps = tuple(Step(s.colour, round(s.level * level, 3), s.seconds) for s in pattern.steps)
+    return Pattern(
+        f"{pattern.name}, dimmed", f"{pattern.description}, dimmed", steps, pattern.repeat
+    )
 
 
 def _on_off(ready_level: float) -> dict[PanelState, Pattern]:

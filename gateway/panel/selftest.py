@@ -22,6 +22,7 @@ SHOW_ORDER = (
     PanelState.STARTING,
     PanelState.READY,
     PanelState.WAITING,
+    PanelState.MEASUREMENT_DUE,
     PanelState.GOT_IT,
     PanelState.SENT,
     PanelState.STORED_LATER,

@@ -22,7 +22,12 @@ within `send_wait_s` is STORED_LATER, never SENT.
                  (at most 300), so an installer or a relative finds the box
 7. NEEDS_HELP    any help reason holds (see `help_reasons`)
 8. WAITING       the measure window is open and no reading has been stored since it opened
-9. READY         none of the above
+9. MEASUREMENT_DUE  the care plan expects a measurement now and none of that kind has come
+                 (`MeasurementDue`, issue 10): a reminder, so below the patient's own press
+10. READY        none of the above
+
+The care plan's quiet hours (`QuietHours`) do not change the state: `quiet` tells the
+panel to show nothing but "needs help", dimmed (gateway/panel/panel.py).
 
 Only the latest stored reading drives 2-4, and a new "measure now" press ends its
 feedback. "sent" needs a `ReadingDelivered` (or `ReadingsConfirmed`) for that
@@ -50,7 +55,9 @@ from gateway.events import (
     Event,
     HubStarted,
     Identify,
+    MeasurementDue,
     PublishRefused,
+    QuietHours,
     ReadingDelivered,
     ReadingsConfirmed,
     ReadingsDropped,
@@ -72,6 +79,7 @@ class PanelState(enum.Enum):
     IDENTIFY = "here I am"
     NEEDS_HELP = "needs help"
     WAITING = "waiting for you"
+    MEASUREMENT_DUE = "measurement due"
     READY = "ready"
 
 
@@ -118,6 +126,9 @@ class PanelStateMachine:
         self.ble_adapter_failing = False
         self.identify_until: float | None = None  # issue 10
         self.latest: _Latest | None = None
+        self.due = False  # the care plan waits for a measurement (issue 10)
+        self.quiet = False  # the care plan's quiet hours
+        self.quiet_level = 1.0  # "needs help"'s brightness in quiet hours
 
     # -- input -------------------------------------------------------------------------
 
@@ -196,6 +207,10 @@ class PanelStateMachine:
                 self.latest = None
             case WindowClosed(kind="measure"):
                 self.measuring = False
+            case MeasurementDue(kinds=kinds):
+                self.due = bool(kinds)
+            case QuietHours(active=active, help_level=level):
+                self.quiet, self.quiet_level = active, level
             case WindowOpened(kind="pairing"):
                 self.pairing = True
             case WindowClosed(kind="pairing"):
@@ -299,7 +314,7 @@ class PanelStateMachine:
             return PanelState.NEEDS_HELP
         if self.measuring:
             return PanelState.WAITING
-        return PanelState.READY
+        return PanelState.MEASUREMENT_DUE if self.due else PanelState.READY
 
     def identifying(self, now: float) -> bool:
         return self.identify_until is not None and now < self.identify_until

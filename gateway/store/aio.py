@@ -197,20 +197,28 @@ class Store:
             raise StoreError(f"{self.path}: store is closed")
         return self._outbox
 
-    async def add(self, reading: Reading, received_at: datetime) -> StoredReading:
+    async def add(
+        self, reading: Reading, received_at: datetime, flags: Sequence[str] = ()
+    ) -> StoredReading:
         """Commit one reading; return its stable id once it is on disk.
 
         Raises StoreFullError when the disk is full (the reading is NOT stored,
-        so the driver must not acknowledge it to its device).
+        so the driver must not acknowledge it to its device). `flags` (the care plan's,
+        issue 10) go into the payload, and a flagged reading is sent ahead of the backlog.
         """
         rid = reading_id(self._gateway_id, reading)
         row = NewRow(
             id=rid,
             device_id=reading.device_id,
             payload=encode_reading(
-                reading, reading_id=rid, gateway_id=self._gateway_id, received_at=received_at
+                reading,
+                reading_id=rid,
+                gateway_id=self._gateway_id,
+                received_at=received_at,
+                flags=flags,
             ),
             received_at=received_at.timestamp(),
+            priority=1 if flags else 0,
         )
         future: asyncio.Future[StoredReading] = asyncio.get_running_loop().create_future()
         self._pending.append((row, future))
@@ -271,10 +279,14 @@ class Store:
                         log.exception("store: on_dropped callback failed")
 
     async def fetch_unsent(
-        self, after_seq: int, limit: int, skip_devices: Sequence[str] = ()
+        self,
+        after_seq: int,
+        limit: int,
+        skip_devices: Sequence[str] = (),
+        priority: bool | None = None,
     ) -> list[OutboxRow]:
         skip = tuple(skip_devices)
-        return await self._op(lambda outbox: outbox.fetch_unsent(after_seq, limit, skip))
+        return await self._op(lambda outbox: outbox.fetch_unsent(after_seq, limit, skip, priority))
 
     async def mark_delivered(self, seqs: Sequence[int]) -> int:
         marks, at = list(seqs), time.time()

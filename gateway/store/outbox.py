@@ -108,6 +108,8 @@ class NewRow:
     device_id: str
     payload: bytes
     received_at: float
+    #: > 0: flagged by the care plan, published ahead of the backlog (issue 10)
+    priority: int = 0
 
 
 @dataclass(slots=True)
@@ -277,9 +279,9 @@ class SqliteOutbox:
             last_by_device: dict[str, float] = {}
             for row in rows:
                 cur = db.execute(
-                    "INSERT OR IGNORE INTO readings(id, device_id, payload, received_at)"
-                    " VALUES (?, ?, ?, ?)",
-                    (row.id, row.device_id, row.payload, row.received_at),
+                    "INSERT OR IGNORE INTO readings(id, device_id, payload, received_at, priority)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (row.id, row.device_id, row.payload, row.received_at, row.priority),
                 )
                 if cur.rowcount == 1:
                     inserted += 1
@@ -576,12 +578,20 @@ class SqliteOutbox:
 
     @_mapped
     def fetch_unsent(
-        self, after_seq: int, limit: int, skip_devices: Sequence[str] = ()
+        self,
+        after_seq: int,
+        limit: int,
+        skip_devices: Sequence[str] = (),
+        priority: bool | None = None,
     ) -> list[OutboxRow]:
+        """Unsent readings after `after_seq` in seq order; `priority` True: only the
+        flagged ones, False: only the others, None: all (issue 10)."""
         sql = (
             "SELECT seq, id, device_id, payload, received_at FROM readings"
             " WHERE delivered_at IS NULL AND seq > ?"
         )
+        if priority is not None:
+            sql += " AND priority > 0" if priority else " AND priority = 0"
         params: list[Any] = [after_seq]
         if skip_devices:
             sql += f" AND device_id NOT IN ({','.join('?' * len(skip_devices))})"

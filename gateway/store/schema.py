@@ -10,7 +10,7 @@ from gateway.errors import StoreError
 
 log = logging.getLogger("gateway.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -21,12 +21,12 @@ CREATE TABLE IF NOT EXISTS readings (
     payload BLOB NOT NULL,
     received_at REAL NOT NULL,
     delivered_at REAL,
-    confirmed_at REAL
+    confirmed_at REAL%(v3_columns)s
 );
 CREATE INDEX IF NOT EXISTS readings_unsent ON readings(seq) WHERE delivered_at IS NULL;
 CREATE INDEX IF NOT EXISTS readings_delivered ON readings(delivered_at)
     WHERE delivered_at IS NOT NULL;
-%(v2_indexes)s
+%(v2_indexes)s%(v3_indexes)s
 CREATE TABLE IF NOT EXISTS devices (
     device_id TEXT PRIMARY KEY,
     last_reading_at REAL NOT NULL
@@ -50,12 +50,25 @@ _V2_INDEXES = """
 CREATE INDEX IF NOT EXISTS readings_unconfirmed ON readings(delivered_at)
     WHERE delivered_at IS NOT NULL AND confirmed_at IS NULL;
 """
-_SCHEMA = _SCHEMA % {"v2_indexes": _V2_INDEXES}
+# Version 3 (issue 10, the care plan): a flagged reading (outside a threshold) has
+# priority > 0 and is published ahead of the unflagged backlog. Only this column and
+# its index; the salvage copies it not (salvaged readings go in seq order).
+_V3_COLUMN = "priority INTEGER NOT NULL DEFAULT 0"
+_V3_INDEXES = """
+CREATE INDEX IF NOT EXISTS readings_priority ON readings(seq)
+    WHERE delivered_at IS NULL AND priority > 0;
+"""
+_SCHEMA = _SCHEMA % {
+    "v2_indexes": _V2_INDEXES,
+    "v3_columns": ",\n    " + _V3_COLUMN,
+    "v3_indexes": _V3_INDEXES,
+}
 
 # In-place upgrades, each run in one transaction with the version bump: a crash
 # mid-migration leaves the file at the old version, and the next open redoes it.
 _MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE readings ADD COLUMN confirmed_at REAL;" + _V2_INDEXES,
+    2: f"ALTER TABLE readings ADD COLUMN {_V3_COLUMN};" + _V3_INDEXES,
 }
 
 

@@ -1,8 +1,10 @@
 """Which stored readings the uplink sends next, and which it holds back.
 
 `PublishQueue` reads unsent readings from the store in seq order into a small
-read-ahead buffer, skipping readings already in flight, devices paused after a
-refusal, and single readings held back because the broker cannot take them.
+read-ahead buffer, the care plan's flagged ones first (issue 10: after an outage a
+reading outside a threshold reaches the care team before the backlog), skipping
+readings already in flight, devices paused after a refusal, and single readings held
+back because the broker cannot take them.
 `PoisonGuard` spots the one reading that makes the broker drop the connection
 every time it is sent, so it cannot block every reading behind it.
 
@@ -34,6 +36,9 @@ class PublishQueue:
         self._buffer: deque[OutboxRow] = deque()
         self._cursor = 0  # highest seq read into the buffer
         self._exhausted = False  # the store had nothing after the cursor
+        # The same for flagged readings (priority > 0), read before the others.
+        self._flagged_cursor = 0
+        self._flagged_exhausted = False
         # Bumped by every new reading / reset, so a read that raced with one does
         # not wrongly conclude "nothing to send" or undo a reset.
         self._new_readings = 0
@@ -47,6 +52,7 @@ class PublishQueue:
 
     def notify_new(self) -> None:
         self._exhausted = False
+        self._flagged_exhausted = False
         self._new_readings += 1
         self.wake.set()
 
@@ -56,6 +62,8 @@ class PublishQueue:
         self._buffer.clear()
         self._cursor = 0
         self._exhausted = False
+        self._flagged_cursor = 0
+        self._flagged_exhausted = False
         self.wake.set()
 
     def pause_device(self, device_id: str, seconds: float) -> None:
@@ -80,7 +88,8 @@ class PublishQueue:
             self.reset()
 
     def wants_refill(self, window: int) -> bool:
-        return not self._exhausted and len(self._buffer) <= window // 2
+        more = not self._exhausted or not self._flagged_exhausted
+        return more and len(self._buffer) <= window // 2
 
     def pop(self) -> OutboxRow | None:
         return self._buffer.popleft() if self._buffer else None
@@ -90,17 +99,29 @@ class PublishQueue:
         now = time.monotonic()
         paused = tuple(d for d, until in self.paused.items() if until > now)
         new_readings, position = self._new_readings, self._position
-        rows = await self._store.fetch_unsent(self._cursor, window * 2 - len(self._buffer), paused)
+        limit = window * 2 - len(self._buffer)
+        if not self._flagged_exhausted:
+            rows = await self._store.fetch_unsent(self._flagged_cursor, limit, paused, True)
+            if position != self._position:
+                return
+            if rows:
+                self._flagged_cursor = rows[-1].seq
+                # Ahead of any unflagged read-ahead, in their own seq order.
+                self._buffer.extendleft(reversed(self._keep(rows, busy)))
+                return
+            self._flagged_exhausted = new_readings == self._new_readings
+        rows = await self._store.fetch_unsent(self._cursor, limit, paused, False)
         if position != self._position:
             return  # reset while we read: read again from there
         if not rows:
             self._exhausted = new_readings == self._new_readings
             return
         self._cursor = rows[-1].seq
+        self._buffer.extend(self._keep(rows, busy))
+
+    def _keep(self, rows: list[OutboxRow], busy: Iterable[int]) -> list[OutboxRow]:
         skip = set(busy) | set(self.held)
-        self._buffer.extend(
-            row for row in rows if row.seq not in skip and row.device_id not in self.paused
-        )
+        return [row for row in rows if row.seq not in skip and row.device_id not in self.paused]
 
 
 class PoisonGuard:

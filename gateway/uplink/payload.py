@@ -9,6 +9,7 @@ check these encoders against those schemas.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,7 +33,12 @@ def iso_with_offset(moment: datetime) -> str:
 
 
 def encode_reading(
-    reading: Reading, *, reading_id: str, gateway_id: str, received_at: datetime
+    reading: Reading,
+    *,
+    reading_id: str,
+    gateway_id: str,
+    received_at: datetime,
+    flags: Sequence[str] = (),
 ) -> bytes:
     """The `homehub.reading/1` JSON for one stored reading (compact UTF-8)."""
     doc: dict[str, Any] = {
@@ -51,6 +57,9 @@ def encode_reading(
     }
     if reading.measured_at_quality is not None:
         doc["measured_at_quality"] = reading.measured_at_quality
+    if flags:
+        # Issue 10: outside the care plan's thresholds ("above:150021", "weight_gain").
+        doc["flags"] = list(flags)
     # allow_nan=False: a non-finite number must never reach the backend (the
     # Value model already turns them into None; this is the last guard).
     return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
