@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from typing import Any, Literal
 
@@ -214,6 +215,11 @@ class Hub:
             on_pairing=self.pairing.open,
         )
         self.panel.start()
+        if cfg.panel.backend == "none" or cfg.panel.button_pin is None:
+            # Issue 12: BLE devices pair only inside the long press's window; with no
+            # button nobody can open it, so it stays open (pairing whenever a device is met).
+            log.info("no button: the pairing window stays open")
+            self.pairing.open(math.inf)
         try:
             await self._run()
         finally:
@@ -460,6 +466,10 @@ class Hub:
             counts[name] = counts.get(name, 0) + 1
             self._status_changed()
 
+        def needs_pairing(needed: bool) -> None:
+            self.status.devices[options.id].needs_pairing = needed
+            self._status_changed()
+
         return DriverContext(
             device_id=options.id,
             clock=self.clock,
@@ -469,6 +479,7 @@ class Hub:
             pairing=self.pairing,
             report=report,
             count=count,
+            needs_pairing=needs_pairing,
             clock_synced=lambda: self.status.clock_synced,
             cursors=self.store,
             services={BleRuntime: self.ble},

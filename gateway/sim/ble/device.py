@@ -59,6 +59,9 @@ class VirtualPeripheral:
         )
         self.connection: Connection | None = None
         self.connections = 0
+        #: pairings completed, and links encrypted (a stored bond encrypts without pairing)
+        self.pairings = 0
+        self.encryptions = 0
         self.time_written: CurrentTime | None = None
         self.time_set = asyncio.Event()
         self.disconnected = asyncio.Event()
@@ -130,6 +133,14 @@ class VirtualPeripheral:
         self.connections += 1
         self.disconnected.clear()
         connection.on(connection.EVENT_DISCONNECTION, lambda _reason: self._on_disconnection())
+        connection.on(connection.EVENT_PAIRING, self._on_pairing)
+        connection.on(connection.EVENT_CONNECTION_ENCRYPTION_CHANGE, self._on_encrypted)
+
+    def _on_pairing(self, _keys: object) -> None:
+        self.pairings += 1
+
+    def _on_encrypted(self) -> None:
+        self.encryptions += 1
 
     def _on_disconnection(self) -> None:
         self.connection = None

@@ -91,6 +91,13 @@ class BumbleAdapter:
             if transport is not None:
                 await transport.close()
 
+    async def bonded(self, address: object) -> bool:
+        """Whether the keystore holds a bond for this peer (a Bumble Address, as scanned)."""
+        device = await self.open()
+        if not isinstance(address, Address) or device.keystore is None:
+            return False
+        return await device.keystore.get(str(address)) is not None
+
     async def reset(self) -> None:
         """Close and let the next use reopen: the adapter-reset recovery stage."""
         await self.close()
