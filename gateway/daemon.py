@@ -185,7 +185,15 @@ class Hub:
         self.exit_code = 0
         # The panel's commands; drivers consult them through their DriverContext.
         self.measure = CommandWindow("measure", config.panel.measure_window_s, self.events.publish)
-        self.pairing = CommandWindow("pairing", config.panel.pairing_window_s, self.events.publish)
+        # Issue 12: BLE devices pair only inside the long press's window; with no button
+        # nobody can open it, so it stays open (pairing whenever a device is met), unseen
+        # by the panel (no "installer mode" for ever).
+        self._no_button = config.panel.backend == "none" or config.panel.button_pin is None
+        self.pairing = CommandWindow(
+            "pairing",
+            config.panel.pairing_window_s,
+            None if self._no_button else self.events.publish,
+        )
         self._pin_factory = pin_factory  # gpiozero's; None: chosen by [panel] backend
         self.panel: Panel | None = None
         #: shared by the BLE drivers; opens nothing until a driver scans
@@ -215,9 +223,7 @@ class Hub:
             on_pairing=self.pairing.open,
         )
         self.panel.start()
-        if cfg.panel.backend == "none" or cfg.panel.button_pin is None:
-            # Issue 12: BLE devices pair only inside the long press's window; with no
-            # button nobody can open it, so it stays open (pairing whenever a device is met).
+        if self._no_button:
             log.info("no button: the pairing window stays open")
             self.pairing.open(math.inf)
         try:

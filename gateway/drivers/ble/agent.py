@@ -6,11 +6,11 @@ for a passkey or a confirmation, and such cuffs (Omron among them) fail with
 and made the default agent (`RequestDefaultAgent`): bleak calls `Device1.Pair` on its
 own D-Bus connection, which has no agent, so BlueZ asks the default one.
 
-What it answers is decided by `PairingPolicy` (pure): only devices in the hub's
-config, and only while the installer's pairing window (the long press) is open;
-anything else is `org.bluez.Error.Rejected`. The capability is `NoInputNoOutput`
-(Just Works) unless a device has a fixed `passkey` in its config: then
-`KeyboardDisplay`, and `RequestPasskey` answers that device's passkey.
+What it answers is decided by `pairing.PairingPolicy` (pure, shared with the Bumble
+stack): only devices in the hub's config, and only while the installer's pairing window
+(the long press) is open; anything else is `org.bluez.Error.Rejected`. The capability
+is `NoInputNoOutput` (Just Works) unless a device has a fixed `passkey` in its config:
+then `KeyboardDisplay`, and `RequestPasskey` answers that device's passkey.
 
 Nothing here logs a passkey or a device address above DEBUG.
 
@@ -19,8 +19,9 @@ the methods' annotations, and would read a postponed `-> None` as a signature.
 """
 
 import asyncio
+import contextlib
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 
 from dbus_fast import DBusError
 from dbus_fast.aio import MessageBus
@@ -28,8 +29,8 @@ from dbus_fast.annotations import DBusObjectPath, DBusStr, DBusUInt16, DBusUInt3
 from dbus_fast.service import ServiceInterface, dbus_method
 
 from gateway.drivers.ble import bluez
+from gateway.drivers.ble.pairing import PairingPolicy, Refused
 from gateway.drivers.ble.recovery import AdapterError
-from gateway.windows import CommandWindow
 
 log = logging.getLogger(__name__)
 
@@ -48,42 +49,17 @@ def address_of(device_path: str) -> str:
     return device_path.rsplit("/", 1)[-1].removeprefix("dev_").replace("_", ":").upper()
 
 
-@dataclass(slots=True)
-class PairingPolicy:
-    """What the agent may answer, and to whom: configured devices, inside the window."""
+def capability(policy: PairingPolicy) -> str:
+    return WITH_PASSKEY if policy.uses_passkeys else JUST_WORKS
 
-    window: CommandWindow
-    #: configured devices that pair, by upper-case address: their fixed passkey, or None
-    passkeys: dict[str, int | None] = field(default_factory=dict)
 
-    def expect(self, address: str, passkey: int | None) -> None:
-        self.passkeys[address.upper()] = passkey
-
-    @property
-    def capability(self) -> str:
-        if any(passkey is not None for passkey in self.passkeys.values()):
-            return WITH_PASSKEY
-        return JUST_WORKS
-
-    def allow(self, device_path: str, what: str) -> str:
-        """The device's address if it may pair now; else raise Rejected (and say why at DEBUG)."""
-        address = address_of(device_path)
-        if address not in self.passkeys:
-            log.debug("agent: %s from %s rejected: not a configured device", what, address)
-            raise DBusError(REJECTED, "not a device of this hub")
-        if not self.window.is_open:
-            log.warning("agent: a pairing request (%s) outside the pairing window, rejected", what)
-            raise DBusError(REJECTED, "the hub's pairing window is closed (long-press its button)")
-        log.debug("agent: %s from %s accepted", what, address)
-        return address
-
-    def passkey(self, device_path: str) -> int:
-        address = self.allow(device_path, "RequestPasskey")
-        passkey = self.passkeys[address]
-        if passkey is None:
-            log.warning("agent: the device asks for a passkey and none is configured, rejected")
-            raise DBusError(REJECTED, "no passkey configured for this device")
-        return passkey
+@contextlib.contextmanager
+def _rejected() -> Iterator[None]:
+    """The policy's refusal as BlueZ's org.bluez.Error.Rejected."""
+    try:
+        yield
+    except Refused as exc:
+        raise DBusError(REJECTED, str(exc)) from None
 
 
 class Agent(ServiceInterface):
@@ -93,6 +69,10 @@ class Agent(ServiceInterface):
         super().__init__(AGENT_IFACE)
         self.policy = policy
 
+    def _allow(self, device: str, what: str) -> None:
+        with _rejected():
+            self.policy.allow(address_of(device), what)
+
     @dbus_method(name="Release")
     def release(self) -> None:
         log.debug("agent: released by bluetoothd")
@@ -100,16 +80,18 @@ class Agent(ServiceInterface):
     @dbus_method(name="RequestPinCode")
     def request_pin_code(self, device: DBusObjectPath) -> DBusStr:
         # Legacy (BR/EDR) pairing; a fixed passkey is the device's PIN as well.
-        return f"{self.policy.passkey(device):06d}"
+        with _rejected():
+            return f"{self.policy.passkey(address_of(device)):06d}"
 
     @dbus_method(name="DisplayPinCode")
     def display_pin_code(self, device: DBusObjectPath, pincode: DBusStr) -> None:
         # The hub has no display; accepting inside the window lets the device go on.
-        self.policy.allow(device, "DisplayPinCode")
+        self._allow(device, "DisplayPinCode")
 
     @dbus_method(name="RequestPasskey")
     def request_passkey(self, device: DBusObjectPath) -> DBusUInt32:
-        return self.policy.passkey(device)
+        with _rejected():
+            return self.policy.passkey(address_of(device))
 
     @dbus_method(name="DisplayPasskey")
     def display_passkey(
@@ -121,15 +103,15 @@ class Agent(ServiceInterface):
     @dbus_method(name="RequestConfirmation")
     def request_confirmation(self, device: DBusObjectPath, passkey: DBusUInt32) -> None:
         # Numeric comparison: nobody can compare, the window is the installer's consent.
-        self.policy.allow(device, "RequestConfirmation")
+        self._allow(device, "RequestConfirmation")
 
     @dbus_method(name="RequestAuthorization")
     def request_authorization(self, device: DBusObjectPath) -> None:
-        self.policy.allow(device, "RequestAuthorization")
+        self._allow(device, "RequestAuthorization")
 
     @dbus_method(name="AuthorizeService")
     def authorize_service(self, device: DBusObjectPath, uuid: DBusStr) -> None:
-        self.policy.allow(device, "AuthorizeService")
+        self._allow(device, "AuthorizeService")
 
     @dbus_method(name="Cancel")
     def cancel(self) -> None:
@@ -164,8 +146,8 @@ class PairingAgent:
                 bus = await bluez._connect()
                 bus.export(AGENT_PATH, Agent(self.policy))
                 self._bus = bus
-            capability = self.policy.capability
-            if self._registered not in (None, capability):
+            wanted = capability(self.policy)
+            if self._registered not in (None, wanted):
                 await self._unregister(bus)
             try:
                 await bluez._call(
@@ -175,7 +157,7 @@ class PairingAgent:
                     "RegisterAgent",
                     "os",
                     AGENT_PATH,
-                    capability,
+                    wanted,
                 )
             except bluez.BluezError as exc:
                 # Ours is still registered (this connection registered it): fine.
@@ -184,9 +166,9 @@ class PairingAgent:
             await bluez._call(
                 bus, AGENT_MANAGER_PATH, AGENT_MANAGER_IFACE, "RequestDefaultAgent", "o", AGENT_PATH
             )
-            if self._registered != capability:
-                log.info("ble: pairing agent registered (%s)", capability)
-            self._registered = capability
+            if self._registered != wanted:
+                log.info("ble: pairing agent registered (%s)", wanted)
+            self._registered = wanted
 
     async def _unregister(self, bus: MessageBus) -> None:
         try:

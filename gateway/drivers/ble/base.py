@@ -152,7 +152,7 @@ class BleDriver(Driver):
             backoff.reset()
             if self.needs_pairing:
                 self.needs_pairing = False
-                log.warning("paired; the device is read from now on")
+                log.info("paired; the device is read from now on")
                 self.context.needs_pairing(False)
                 self.context.report(None)
             if self.finished():

@@ -45,10 +45,11 @@ if TYPE_CHECKING:
     from bleak.backends.device import BLEDevice
     from bleak.backends.scanner import AdvertisementData
 
-    from gateway.drivers.ble.agent import PairingAgent, PairingPolicy
+    from gateway.drivers.ble.agent import PairingAgent
 
 from gateway.backoff import Backoff
 from gateway.config import BleSection
+from gateway.drivers.ble.pairing import PairingPolicy
 from gateway.drivers.ble.recovery import AdapterError, AdapterHealth, SilencePolicy, Step
 from gateway.events import BleAdapterFailing, BleAdapterOk, BleRecoveryStep, Event
 from gateway.windows import CommandWindow
@@ -153,13 +154,16 @@ class BleRuntime:
         it asks for one. On BlueZ the agent registers now, so that it is there to refuse
         a request outside the window; if bluetoothd is not up yet, `ready_to_pair` tries
         again before pairing."""
-        from gateway.drivers.ble.agent import PairingAgent, PairingPolicy
-
         if self.pairing_policy is None:
             self.pairing_policy = PairingPolicy(window)
         self.pairing_policy.expect(address, passkey)
         if self.section.stack != "bluez":
+            # Bumble asks the policy itself (its pairing delegate); the adapter opens later.
+            self._backend_kwargs(scanner=False)
+            self._adapter.pairing = self.pairing_policy
             return
+        from gateway.drivers.ble.agent import PairingAgent
+
         if self.agent is None:
             self.agent = PairingAgent(self.pairing_policy)
         try:
