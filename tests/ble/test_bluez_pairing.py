@@ -309,3 +309,55 @@ async def test_a_wrong_passkey_fails_inside_the_window(bluez: MockBluez) -> None
 
 async def _pairs(bluez: MockBluez, n: int) -> bool:
     return len(await bluez.calls(DEVICE, "Pair")) >= n
+
+
+#: bluetoothd when the device lost its bond: the encryption fails
+BOND_REFUSED = """
+if self.paired:
+    raise dbus.exceptions.DBusException(
+        'Authentication Failed', name='org.bluez.Error.AuthenticationFailed'
+    )
+"""
+#: Adapter1.RemoveDevice, simplified: BlueZ forgets the bond (the device is found again)
+REMOVE_DEVICE = """
+device = objects[args[0]]
+device.paired = False
+device.UpdateProperties('org.bluez.Device1', {'Paired': dbus.Boolean(False)})
+"""
+
+
+async def test_a_lost_bond_is_removed_and_paired_again_inside_the_window(
+    bluez: MockBluez,
+) -> None:
+    await agent_manager(bluez)
+    await bluez.call("/", "org.bluez.Mock", "PairDevice", "ssi", "hci0", ADDRESS, 0)
+    await bluez.add_method(DEVICE, "org.bluez.Device1", "Connect", "", "", BOND_REFUSED)
+    await bluez.add_method(
+        "/org/bluez/hci0", "org.bluez.Adapter1", "RemoveDevice", "o", "", REMOVE_DEVICE
+    )
+    await bluez.call(BP_MEASUREMENT, CUFF_IFACE, "Store", "ay", encode.blood_pressure(140, 90, 107))
+    pairing = CommandWindow("pairing", 30)
+    hub = runtime()
+    await hub.expect_pairing(ADDRESS, PASSKEY, pairing)
+    assert hub.agent is not None
+    await bluez.add_method(
+        DEVICE,
+        "org.bluez.Device1",
+        "Pair",
+        "",
+        "",
+        PAIR.format(name=hub.agent.unique_name, path=AGENT_PATH, passkey=PASSKEY),
+    )
+    pairing.open()
+    seen = Recorder(bluez)
+    driver = OneVisitBloodPressure(
+        cuff_options(pair=True, passkey=PASSKEY), seen.context(pairing, hub)
+    )
+    try:
+        async with asyncio.timeout(STEP_S):
+            await driver.run()
+    finally:
+        await hub.close()
+    assert await bluez.calls("/org/bluez/hci0", "RemoveDevice") == [[DEVICE]]
+    assert len(await bluez.calls(DEVICE, "Pair")) == 1
+    assert len(seen.readings) == 1

@@ -167,3 +167,28 @@ async def test_the_delegate_answers_only_inside_the_window() -> None:
     assert not await stranger.accept()  # not a configured device
     assert await stranger.get_number() is None
     pairing.close()
+
+
+async def test_a_lost_bond_is_paired_again_inside_the_window(air: Air, tmp_path: Path) -> None:
+    """The meter forgot the hub (a reset): inside the installer's window the hub removes its
+    stale bond and pairs again, once; the records then arrive."""
+    meter = GlucoseMeter(air.air, "C0:22:33:44:66:04", "Glucose-sim")
+    await meter.start()
+    await meter.measure(WHEN, 104.0)
+    pairing = CommandWindow("pairing", 30)
+    pairing.open()
+    hub = Hub(air, tmp_path, pairing)
+    try:
+        async with asyncio.timeout(STEP_S):
+            await hub.driver(meter, None).run()
+        assert meter.pairings == 1
+        assert meter.device.keystore is not None
+        for name, _keys in await meter.device.keystore.get_all():
+            await meter.device.keystore.delete(name)
+        await meter.measure(WHEN.replace(hour=10), 131.0)
+        async with asyncio.timeout(STEP_S):
+            await hub.driver(meter, None).run()
+    finally:
+        await hub.runtime.close()
+    assert meter.pairings == 2
+    assert [r.values[0].value for r in hub.readings][-1] == 131.0

@@ -107,6 +107,8 @@ class BleDriver(Driver):
         self.decode_errors = 0
         #: reported as waiting for the pairing window (once per episode)
         self.needs_pairing = False
+        #: the pairing window's request count when a failed bond was last forgotten
+        self._forgot_in = -1
 
     @property
     def ble_options(self) -> BleOptions:
@@ -133,6 +135,8 @@ class BleDriver(Driver):
                     continue
                 complete = await self._visit(runtime, device)
             except (ble_error, AdapterError, TimeoutError, EOFError, ConnectionError) as exc:
+                if await self._forget_failed_bond(runtime, device, exc):
+                    continue
                 delay = backoff.next_delay()
                 # The type only: stack messages may name the device's address.
                 log.warning(
@@ -165,6 +169,31 @@ class BleDriver(Driver):
     def finished(self) -> bool:
         """Whether run() should return after a successful visit (finite tests)."""
         return False
+
+    async def _forget_failed_bond(
+        self, runtime: BleRuntime, device: BLEDevice, exc: BaseException
+    ) -> bool:
+        """Inside the pairing window, a bonded device that fails to connect may have lost its
+        bond (a reset, new batteries): forget ours, so the next advertisement pairs again.
+        At most once per long press, so a failure for another reason cannot loop."""
+        window = self.context.pairing
+        if not self.ble_options.pair or not window.is_open:
+            return False
+        if self._forgot_in == window.requests:
+            return False
+        try:
+            if not await runtime.bonded(device):
+                return False
+            await runtime.forget(device)
+        except (bleak_error(), AdapterError, TimeoutError) as forget_exc:
+            self.context.logger.debug("forgetting the bond failed: %s", forget_exc)
+            return False
+        self._forgot_in = window.requests
+        self.context.logger.warning(
+            "connection failed (%s) inside the pairing window: bond removed, pairing again",
+            type(exc).__name__,
+        )
+        return True
 
     async def _may_pair(self, runtime: BleRuntime, device: BLEDevice) -> bool:
         """Whether to connect now: bonded, or not bonded and inside the pairing window

@@ -165,3 +165,14 @@ async def is_paired(path: str) -> bool:
     finally:
         bus.disconnect()
     return bool(value.value)
+
+
+async def remove_device(path: str) -> None:
+    """Adapter1.RemoveDevice: BlueZ forgets the device and its bond (found again by the
+    next discovery, unpaired)."""
+    bus = await _connect()
+    try:
+        adapter = path.rsplit("/", 1)[0]
+        await _call(bus, adapter, ADAPTER_IFACE, "RemoveDevice", "o", path)
+    finally:
+        bus.disconnect()

@@ -190,6 +190,20 @@ class BleRuntime:
         assert self._adapter is not None
         return bool(await self._adapter.bonded(device.details))
 
+    async def forget(self, device: BLEDevice) -> None:
+        """Remove the stack's bond for this device (it lost its own): it pairs anew."""
+        if self.section.stack == "bluez":
+            from gateway.drivers.ble import bluez
+
+            details = device.details if isinstance(device.details, dict) else {}
+            path = details.get("path")
+            if isinstance(path, str):
+                await bluez.remove_device(path)
+            return
+        self._backend_kwargs(scanner=False)
+        assert self._adapter is not None
+        await self._adapter.forget(device.details)
+
     @contextlib.asynccontextmanager
     async def visiting(self) -> AsyncIterator[None]:
         """Around a driver's visit: the radio works, and no recovery step cuts it short."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -156,6 +157,13 @@ class BumbleAdapter:
         if not isinstance(address, Address) or device.keystore is None:
             return False
         return await device.keystore.get(str(address)) is not None
+
+    async def forget(self, address: object) -> None:
+        """Delete this peer's bond from the keystore (it pairs anew on the next visit)."""
+        device = await self.open()
+        if isinstance(address, Address) and device.keystore is not None:
+            with contextlib.suppress(KeyError):
+                await device.keystore.delete(str(address))
 
     async def reset(self) -> None:
         """Close and let the next use reopen: the adapter-reset recovery stage."""
