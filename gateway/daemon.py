@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from typing import Any, Literal
 
@@ -193,7 +194,15 @@ class Hub:
         self.exit_code = 0
         # The panel's commands; drivers consult them through their DriverContext.
         self.measure = CommandWindow("measure", config.panel.measure_window_s, self.events.publish)
-        self.pairing = CommandWindow("pairing", config.panel.pairing_window_s, self.events.publish)
+        # Issue 12: BLE devices pair only inside the long press's window; with no button
+        # nobody can open it, so it stays open (pairing whenever a device is met), unseen
+        # by the panel (no "installer mode" for ever).
+        self._no_button = config.panel.backend == "none" or config.panel.button_pin is None
+        self.pairing = CommandWindow(
+            "pairing",
+            config.panel.pairing_window_s,
+            None if self._no_button else self.events.publish,
+        )
         self._pin_factory = pin_factory  # gpiozero's; None: chosen by [panel] backend
         self.panel: Panel | None = None
         #: shared by the BLE drivers; opens nothing until a driver scans
@@ -235,6 +244,9 @@ class Hub:
             on_pairing=self.pairing.open,
         )
         self.panel.start()
+        if self._no_button:
+            log.info("no button: the pairing window stays open")
+            self.pairing.open(math.inf)
         try:
             await self._run()
         finally:
@@ -542,6 +554,10 @@ class Hub:
             counts[name] = counts.get(name, 0) + 1
             self._status_changed()
 
+        def needs_pairing(needed: bool) -> None:
+            self.status.devices[options.id].needs_pairing = needed
+            self._status_changed()
+
         return DriverContext(
             device_id=options.id,
             clock=self.clock,
@@ -551,6 +567,7 @@ class Hub:
             pairing=self.pairing,
             report=report,
             count=count,
+            needs_pairing=needs_pairing,
             clock_synced=lambda: self.status.clock_synced,
             cursors=self.store,
             services={BleRuntime: self.ble},

@@ -43,6 +43,8 @@ class DeviceStatus:
     last_error: str | None = None
     #: events the driver counted (DriverContext.count), e.g. skipped_other_user
     counts: dict[str, int] = field(default_factory=dict)
+    #: a BLE device with `pair = true` and no bond waits for the pairing window (issue 12)
+    needs_pairing: bool = False
 
 
 class BleHealth(Protocol):
@@ -125,6 +127,7 @@ class StatusTracker:
                     "restarts": device.restarts,
                     "last_error": device.last_error,
                     "counts": dict(sorted(device.counts.items())),
+                    "needs_pairing": device.needs_pairing,
                 }
                 for device_id, device in sorted(self.devices.items())
             },

@@ -70,6 +70,10 @@ def _ignore_count(name: str) -> None:
     """Default `count`: nobody listens."""
 
 
+def _ignore_flag(_value: bool) -> None:
+    """Default for a status flag: nobody listens."""
+
+
 def _clock_state_unknown() -> bool | None:
     """Default `clock_synced`: nobody knows (so nothing writes the time to a device)."""
     return None
@@ -98,6 +102,10 @@ class DriverContext:
     #: Count an event the status shows per device (e.g. "skipped_other_user": a
     #: shared cuff's record of someone else); never a patient value in the name.
     count: Callable[[str], None] = _ignore_count
+    #: Whether the device waits for the installer to pair it (issue 12: a BLE device
+    #: with `pair = true` and no bond, outside the pairing window); the status's
+    #: `devices.{id}.needs_pairing`.
+    needs_pairing: Callable[[bool], None] = _ignore_flag
     #: Whether the hub's clock is synchronised to a time server now (None: cannot
     #: tell). Issue 13: a driver writes the time to a device only when it is True,
     #: never teaching a cuff the stale time a Pi boots with.

@@ -121,3 +121,58 @@ async def test_connect_to_an_unknown_address_fails_cleanly(adapter: BumbleAdapte
     client = BleakClient("C0:00:00:00:00:99", backend=BumbleClient, bumble=adapter, timeout=1)
     with pytest.raises(BleakError):
         await client.connect()
+
+
+async def test_a_stored_bond_re_encrypts_without_pairing_again(air: Air, tmp_path: Path) -> None:
+    """Issue 12: after a hub restart (a new host on the same keystore file) a bonded meter's
+    link is encrypted with the stored key; the meter sees no second pairing."""
+    keys = tmp_path / "state" / "ble-bonds.json"
+    meter = GlucoseMeter(air.air, "C0:22:33:44:55:88", "Glucose-sim")
+    await meter.start()
+    await meter.measure(WHEN, 95.0)
+    first = BumbleAdapter(air.transport, keystore_path=keys)
+    try:
+        device = await find(first, meter.address)
+        assert not await first.bonded(device.details)
+        async with BleakClient(device, backend=BumbleClient, bumble=first, timeout=5, pair=True):
+            pass
+    finally:
+        await first.close()
+    assert (meter.pairings, meter.encryptions) == (1, 1)
+    second = BumbleAdapter(air.transport, keystore_path=keys)
+    try:
+        device = await find(second, meter.address)
+        assert await second.bonded(device.details)
+        async with BleakClient(
+            device, backend=BumbleClient, bumble=second, timeout=5, pair=True
+        ) as client:
+            # The Record Access Control Point needs an encrypted link: it takes the write.
+            await client.write_gatt_char(racp.RACP_UUID, racp.report_all_records(), response=True)
+    finally:
+        await second.close()
+    assert (meter.pairings, meter.encryptions) == (1, 2)
+
+
+async def test_a_bond_the_device_lost_fails_the_connection(air: Air, tmp_path: Path) -> None:
+    """The meter forgot the hub (reset): encryption with the stored key fails as a BleakError,
+    never a link used unencrypted."""
+    keys = tmp_path / "ble-bonds.json"
+    meter = GlucoseMeter(air.air, "C0:22:33:44:55:99", "Glucose-sim")
+    await meter.start()
+    await meter.measure(WHEN, 95.0)
+    adapter = BumbleAdapter(air.transport, keystore_path=keys)
+    try:
+        device = await find(adapter, meter.address)
+        async with BleakClient(device, backend=BumbleClient, bumble=adapter, timeout=5, pair=True):
+            pass
+        assert meter.device.keystore is not None
+        for name in list(await meter.device.keystore.get_all()):
+            await meter.device.keystore.delete(name[0])
+        device = await find(adapter, meter.address)
+        client = BleakClient(device, backend=BumbleClient, bumble=adapter, timeout=5, pair=True)
+        with pytest.raises(BleakError, match="stored bond"):
+            await client.connect()
+        assert not client.is_connected
+    finally:
+        await adapter.close()
+    assert meter.pairings == 1

@@ -76,6 +76,9 @@ def test_hub_process_reads_the_simulator(
     config.write_text(
         f'[gateway]\nid = "hub-sim"\nstate_dir = "{tmp_path / "state"}"\n\n'
         f"[mqtt]\nport = {broker.port}\n\n"
+        # No button (issue 12): nobody can open the pairing window, so it stays open and
+        # the virtual glucose meter pairs when met.
+        f'[panel]\nbackend = "none"\n\n'
         f'[ble]\nstack = "bumble"\ntransport = "{simulator}"\n\n{devices_toml()}'
     )
     hub = hub_process(config)

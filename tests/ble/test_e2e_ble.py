@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+import pytest
 from homehub_contract import load_schema
 
 from gateway.clocksync import FileSync
 from gateway.config import validate_config
 from gateway.daemon import Hub
 from gateway.drivers.registry import DriverRegistry
+from gateway.events import DeviceFailing
 from gateway.sim.ble import encode
 from gateway.sim.ble.profiles import (
     BloodPressureMonitor,
@@ -37,8 +40,14 @@ FAST_MQTT = {"host": "127.0.0.1", "reconnect_min_s": 0.1, "reconnect_max_s": 0.5
 
 @contextlib.asynccontextmanager
 async def running_hub(
-    tmp_path: Path, broker: MosquittoBroker, air: Air, devices: list[dict[str, Any]]
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    air: Air,
+    devices: list[dict[str, Any]],
+    *,
+    pairing: bool = False,
 ) -> AsyncIterator[Hub]:
+    """The hub; `pairing`: with the installer's pairing window open from the start."""
     config = validate_config(
         {
             "gateway": {"id": "hub-ble", "state_dir": str(tmp_path / "state")},
@@ -52,6 +61,8 @@ async def running_hub(
     synced = tmp_path / "clock-synchronized"
     synced.touch()
     hub = Hub(config, DriverRegistry.from_entry_points(), clock_sync=FileSync(synced))
+    if pairing:
+        hub.pairing.open()  # issue 12: an unbonded meter pairs only inside the window
     task = asyncio.create_task(hub.run())
     try:
         yield hub
@@ -180,12 +191,12 @@ async def test_glucose_records_once_across_drops_and_a_hub_restart(
     devices = [{"id": "glu", "driver": "ble.glucose", "address": meter.address}]
     # First connection: the radio fails after 20 records and the meter goes quiet.
     meter.drop_after, meter.quiet_after_drop = 20, True
-    async with running_hub(tmp_path, broker, air, devices):
+    async with running_hub(tmp_path, broker, air, devices, pairing=True):
         await wait_readings(listener, 20)
         await asyncio.wait_for(meter.disconnected.wait(), 5)
     assert meter.connections == 1 and len(meter.sent_sequences) == 20
-    # The hub restarts; the meter comes back; the second connection fails after
-    # 15 more records, the third gets the rest.
+    # The hub restarts (the bond kept: no pairing window needed); the meter comes back;
+    # the second connection fails after 15 more records, the third gets the rest.
     meter.drop_after, meter.quiet_after_drop = 15, False
     meter.advertising_enabled = True
     await meter.advertise()
@@ -194,6 +205,7 @@ async def test_glucose_records_once_across_drops_and_a_hub_restart(
         assert hub.store is not None
         assert await hub.store.get_cursor("glu", "glucose_sequence") == 50
     assert meter.connections == 3
+    assert meter.pairings == 1  # later visits re-encrypt with the stored bond
     sequences = meter.sent_sequences
     # The meter was asked only for what the hub did not hold: nothing sent twice.
     assert sorted(sequences) == list(range(1, 51)), sequences
@@ -241,7 +253,7 @@ async def test_glucose_meter_that_starts_its_numbering_over(
     for i in range(3):
         await meter.measure(WHEN.replace(hour=6, minute=i), 100.0 + i)
     devices = [{"id": "glu", "driver": "ble.glucose", "address": meter.address}]
-    async with running_hub(tmp_path, broker, air, devices):
+    async with running_hub(tmp_path, broker, air, devices, pairing=True):
         await wait_readings(listener, 3)
     meter.reset()  # new batteries: records 1, 2 are new measurements
     await meter.measure(WHEN.replace(hour=12, minute=0), 150.0)
@@ -251,3 +263,44 @@ async def test_glucose_meter_that_starts_its_numbering_over(
         assert hub.store is not None
         assert await hub.store.get_cursor("glu", "glucose_sequence") == 2
     assert sorted(d["values"][0]["value"] for d in docs) == [100.0, 101.0, 102.0, 150.0, 151.0]
+
+
+async def test_an_unpaired_meter_waits_for_the_pairing_window(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    air: Air,
+    listener_factory: Callable[..., Listener],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 12: outside the window the meter is reported once and never connected to; the
+    installer's long press pairs it and its records arrive."""
+    listener = listener_factory(broker.port)
+    meter = GlucoseMeter(air.air, "C0:00:00:00:00:0F", "Glucose")
+    await meter.start()
+    await meter.measure(WHEN, 101.0)
+    devices = [{"id": "glu", "driver": "ble.glucose", "address": meter.address}]
+    async with running_hub(tmp_path, broker, air, devices) as hub:
+        events, unsubscribe = hub.events.queue()
+        try:
+            async with asyncio.timeout(10):
+                while not isinstance(failing := await events.get(), DeviceFailing):
+                    pass
+        finally:
+            unsubscribe()
+        assert failing.device_id == "glu" and "long-press" in failing.error
+        assert hub.store is not None
+        status = hub.status.document(await hub.store.stats())
+        jsonschema.validate(status, load_schema("status-1"))
+        glu = status["devices"]["glu"]
+        assert glu["needs_pairing"] is True and glu["state"] == "failing"
+        assert glu["last_error"] == failing.error
+        assert meter.connections == 0  # never tried outside the window
+        hub.pairing.open()  # the installer's long press
+        docs = await wait_readings(listener, 1)
+        status = hub.status.document(await hub.store.stats())
+    assert docs[0]["values"][0]["value"] == 101.0
+    assert status["devices"]["glu"]["needs_pairing"] is False
+    assert status["devices"]["glu"]["state"] == "ok"
+    assert meter.pairings == 1
+    warned = [r for r in caplog.records if "not paired" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].levelno == logging.WARNING

@@ -9,9 +9,13 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+from bleak import BleakClient
+
+from gateway.drivers.ble.bumble import BumbleAdapter, BumbleClient
 from gateway.sim.ble.air import VirtualAir, tcp_port
 from gateway.sim.ble.profiles import GlucoseMeter
 from gateway.sim.broker import MosquittoBroker
+from tests.ble.test_bumble_backend import find
 from tests.helpers import LineReader, Listener, hub_process
 
 WHEN = datetime(2026, 11, 22, 7, 0, 0)
@@ -27,6 +31,18 @@ async def test_sigkill_mid_transfer_then_restart(
     for i in range(50):
         await meter.measure(WHEN.replace(minute=i), 80.0 + i)
     meter.record_delay_s = 0.02
+    # Issue 12: the installer paired the meter (the bond in the hub's state directory);
+    # the hub then re-encrypts with it, no pairing window needed.
+    installer = BumbleAdapter(
+        f"tcp-client:127.0.0.1:{tcp_port(port)}",
+        keystore_path=tmp_path / "state" / "ble-bonds.json",
+    )
+    try:
+        device = await find(installer, meter.address)
+        async with BleakClient(device, backend=BumbleClient, bumble=installer, pair=True):
+            pass
+    finally:
+        await installer.close()
     listener = listener_factory(broker.port)
     config = tmp_path / "hub.toml"
     config.write_text(

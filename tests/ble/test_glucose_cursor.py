@@ -18,6 +18,7 @@ from gateway.errors import StoreFullError
 from gateway.reading import Reading
 from gateway.sim.ble.profiles import GlucoseMeter
 from gateway.store import SqliteOutbox, Store
+from gateway.windows import CommandWindow
 from tests.ble.conftest import Air
 
 WHEN = datetime(2026, 11, 22, 9, 0, 0)
@@ -57,12 +58,15 @@ async def test_cursor_stays_put_when_the_store_refuses_a_record(tmp_path: Path, 
         return await store.add(reading, SystemClock().now())
 
     options = GlucoseOptions(id="glu", driver="ble.glucose", address=meter.address)
+    pairing = CommandWindow("pairing", 60)
+    pairing.open()  # the installer's long press: the meter pairs (issue 12)
     context = DriverContext(
         device_id="glu",
         clock=SystemClock(),
         logger=logging.getLogger("test.glu"),
         emit=emit,
         cursors=store,
+        pairing=pairing,
         services={BleRuntime: runtime},
     )
     try:

@@ -6,6 +6,12 @@ timeout, a few quick retries with backoff via tenacity, one connection attempt
 at a time on the adapter), pair if the device needs it, write the current time
 where the device lets us, run the profile's session, disconnect.
 
+Pairing (issue 12): a device with `pair = true` and no bond is paired only inside
+the installer's pairing window (`context.pairing`, the long press). Outside it the
+driver says so once (a WARNING, `needs_pairing` and the message in the status) and
+waits for the window instead of trying; once bonded, later visits re-encrypt with
+the bond and need no window.
+
 Nothing patient-related is logged at INFO or above: no values, no addresses.
 
 Bounded waits use `asyncio.timeout`, not `asyncio.wait_for`: on Python 3.11
@@ -21,7 +27,7 @@ import contextlib
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -41,6 +47,7 @@ from gateway.drivers.ble.profiles.date_time import (
     encode_current_time,
     encode_date_time,
 )
+from gateway.drivers.ble.recovery import AdapterError
 from gateway.drivers.ble.runtime import BleRuntime, bleak_error
 from gateway.errors import DecodeError, DriverError
 
@@ -56,7 +63,18 @@ FUTURE_TOLERANCE = timedelta(minutes=10)
 
 class BleOptions(DriverOptions):
     address: str = Field(pattern=MAC_PATTERN, description="The device's Bluetooth address.")
-    pair: bool = Field(default=False, description="Pair (and bond) before reading.")
+    pair: bool = Field(
+        default=False,
+        description="Pair (and bond) before reading; the first pairing waits for the "
+        "installer's pairing window (a long press on the hub's button).",
+    )
+    passkey: int | None = Field(
+        default=None,
+        ge=0,
+        le=999999,
+        description="A device that asks for a fixed passkey (it shows none): that passkey "
+        "(six digits, from its manual). Not set: Just Works pairing.",
+    )
     set_time: bool = Field(
         default=True, description="Write the hub's time to the device's Current Time."
     )
@@ -72,6 +90,12 @@ class BleOptions(DriverOptions):
     def _upper(cls, value: str) -> str:
         return value.upper()
 
+    @model_validator(mode="after")
+    def _passkey_pairs(self) -> BleOptions:
+        if self.passkey is not None and not self.pair:
+            raise ValueError("passkey is for a device that pairs: set pair = true")
+        return self
+
 
 class BleDriver(Driver):
     """Subclasses implement `session`: what to do once connected."""
@@ -81,6 +105,10 @@ class BleDriver(Driver):
     def __init__(self, options: DriverOptions, context: DriverContext) -> None:
         super().__init__(options, context)
         self.decode_errors = 0
+        #: reported as waiting for the pairing window (once per episode)
+        self.needs_pairing = False
+        #: the pairing window's request count when a failed bond was last forgotten
+        self._forgot_in = -1
 
     @property
     def ble_options(self) -> BleOptions:
@@ -92,13 +120,23 @@ class BleDriver(Driver):
         backoff = Backoff(0.5, 30.0)
         log = self.context.logger
         ble_error = bleak_error()
+        options = self.ble_options
+        if options.pair:
+            await runtime.expect_pairing(options.address, options.passkey, self.context.pairing)
         while True:
             _honour_cancellation()
-            device = await runtime.wait_for_advertisement(self.ble_options.address)
+            device = await runtime.wait_for_advertisement(options.address)
             log.debug("advertisement seen")
             try:
+                if options.pair and not await self._may_pair(runtime, device):
+                    # Not bonded, window closed: wait for the installer, then for the
+                    # device's next advertisement (they wake it after the long press).
+                    await self.context.pairing.wait_open()
+                    continue
                 complete = await self._visit(runtime, device)
-            except (ble_error, TimeoutError, EOFError, ConnectionError) as exc:
+            except (ble_error, AdapterError, TimeoutError, EOFError, ConnectionError) as exc:
+                if await self._forget_failed_bond(runtime, device, exc):
+                    continue
                 delay = backoff.next_delay()
                 # The type only: stack messages may name the device's address.
                 log.warning(
@@ -116,6 +154,11 @@ class BleDriver(Driver):
                 await asyncio.sleep(delay)
                 continue
             backoff.reset()
+            if self.needs_pairing:
+                self.needs_pairing = False
+                log.info("paired; the device is read from now on")
+                self.context.needs_pairing(False)
+                self.context.report(None)
             if self.finished():
                 return
             if complete:
@@ -125,6 +168,51 @@ class BleDriver(Driver):
 
     def finished(self) -> bool:
         """Whether run() should return after a successful visit (finite tests)."""
+        return False
+
+    async def _forget_failed_bond(
+        self, runtime: BleRuntime, device: BLEDevice, exc: BaseException
+    ) -> bool:
+        """Inside the pairing window, a bonded device that fails to connect may have lost its
+        bond (a reset, new batteries): forget ours, so the next advertisement pairs again.
+        At most once per long press, so a failure for another reason cannot loop."""
+        window = self.context.pairing
+        if not self.ble_options.pair or not window.is_open:
+            return False
+        if self._forgot_in == window.requests:
+            return False
+        try:
+            if not await runtime.bonded(device):
+                return False
+            await runtime.forget(device)
+        except (bleak_error(), AdapterError, TimeoutError) as forget_exc:
+            self.context.logger.debug("forgetting the bond failed: %s", forget_exc)
+            return False
+        self._forgot_in = window.requests
+        self.context.logger.warning(
+            "connection failed (%s) inside the pairing window: bond removed, pairing again",
+            type(exc).__name__,
+        )
+        return True
+
+    async def _may_pair(self, runtime: BleRuntime, device: BLEDevice) -> bool:
+        """Whether to connect now: bonded, or not bonded and inside the pairing window
+        (then the agent is made ready). Outside it, say so once and return False."""
+        if await runtime.bonded(device):
+            return True
+        if self.context.pairing.is_open:
+            await runtime.ready_to_pair()
+            return True
+        if not self.needs_pairing:
+            self.needs_pairing = True
+            device_id = self.options.id
+            message = (
+                f"not paired: long-press the hub's button (5 s, installer mode), "
+                f"then wake {device_id} to pair it"
+            )
+            self.context.logger.warning("%s", message)
+            self.context.needs_pairing(True)
+            self.context.report(message)
         return False
 
     async def _connect(

@@ -1,4 +1,5 @@
-"""The BlueZ adapter on the system D-Bus: find it, power-cycle it (issue 12 part 4).
+"""The BlueZ adapter on the system D-Bus: find it, power-cycle it (issue 12 part 4), and
+whether a device is bonded (part 1; the pairing agent is in `agent.py`).
 
 Through dbus-fast, which bleak already brings, on a connection of our own (bleak's
 is private to it). bluetoothd answers `Properties.Set(Adapter1, Powered)` only once
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 
 BLUEZ = "org.bluez"
 ADAPTER_IFACE = "org.bluez.Adapter1"
+DEVICE_IFACE = "org.bluez.Device1"
 PROPERTIES_IFACE = "org.freedesktop.DBus.Properties"
 #: bound on each D-Bus call (bluetoothd answers Powered once the kernel has acted)
 CALL_S = 10.0
@@ -45,6 +47,14 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "the Bluetooth stack did not answer in time"
     return f"{type(exc).__name__}: {exc}"
+
+
+class BluezError(AdapterError):
+    """bluetoothd answered a call with an error; `name` is the D-Bus error's name."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
 
 
 async def _connect() -> Any:
@@ -80,7 +90,10 @@ async def _call(
         if reply.error_name == "org.freedesktop.DBus.Error.ServiceUnknown":
             raise AdapterError("bluetoothd is not running (org.bluez is not on the system D-Bus)")
         detail = reply.body[0] if reply.body else ""
-        raise AdapterError(f"{interface}.{member} on {path}: {reply.error_name} {detail}".strip())
+        raise BluezError(
+            reply.error_name or "",
+            f"{interface}.{member} on {path}: {reply.error_name} {detail}".strip(),
+        )
     return reply.body
 
 
@@ -135,5 +148,31 @@ async def power_cycle(pause_s: float) -> str:
             raise AdapterError("the Bluetooth adapter did not power on again (Powered is false)")
         log.debug("ble: %s power-cycled", adapter)
         return adapter
+    finally:
+        bus.disconnect()
+
+
+async def is_paired(path: str) -> bool:
+    """Whether BlueZ holds a bond for the device at `path` (Device1.Paired, asked now: bleak's
+    copy of the property is private to it). A device BlueZ does not know is not paired."""
+    bus = await _connect()
+    try:
+        (value,) = await _call(bus, path, PROPERTIES_IFACE, "Get", "ss", DEVICE_IFACE, "Paired")
+    except BluezError as exc:
+        if exc.name in ("org.freedesktop.DBus.Error.UnknownObject", "org.bluez.Error.DoesNotExist"):
+            return False
+        raise
+    finally:
+        bus.disconnect()
+    return bool(value.value)
+
+
+async def remove_device(path: str) -> None:
+    """Adapter1.RemoveDevice: BlueZ forgets the device and its bond (found again by the
+    next discovery, unpaired)."""
+    bus = await _connect()
+    try:
+        adapter = path.rsplit("/", 1)[0]
+        await _call(bus, adapter, ADAPTER_IFACE, "RemoveDevice", "o", path)
     finally:
         bus.disconnect()

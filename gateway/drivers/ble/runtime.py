@@ -22,6 +22,11 @@ advertisement (issue 12):
   re-added adapter is used again. Drivers just keep waiting.
 
 The decisions are in `recovery.py` (pure); this module only acts on them.
+
+Pairing (issue 12 part 1): drivers of devices with `pair = true` announce them
+(`expect_pairing`); on BlueZ that registers the hub's pairing agent (`agent.py`),
+which answers only those devices and only inside the installer's pairing window.
+`bonded` tells a driver whether the stack already holds a bond for its device.
 Connection attempts are serialised on the adapter (`connect_lock`): most
 controllers handle one pending LE connection at a time.
 """
@@ -40,8 +45,11 @@ if TYPE_CHECKING:
     from bleak.backends.device import BLEDevice
     from bleak.backends.scanner import AdvertisementData
 
+    from gateway.drivers.ble.agent import PairingAgent
+
 from gateway.backoff import Backoff
 from gateway.config import BleSection
+from gateway.drivers.ble.pairing import PairingPolicy
 from gateway.drivers.ble.recovery import AdapterError, AdapterHealth, SilencePolicy, Step
 from gateway.events import BleAdapterFailing, BleAdapterOk, BleRecoveryStep, Event
 from gateway.windows import CommandWindow
@@ -101,6 +109,10 @@ class BleRuntime:
         self.reset_off_s = RESET_OFF_S
         #: the first retry of a discovery that cannot start
         self.retry_s = RETRY_S
+        #: devices that pair, and the window they may pair in (set by expect_pairing)
+        self.pairing_policy: PairingPolicy | None = None
+        #: the BlueZ pairing agent, once a device that pairs was announced (stack = "bluez")
+        self.agent: PairingAgent | None = None
 
     def _backend_kwargs(self, scanner: bool) -> dict[str, Any]:
         if self.section.stack == "bluez":
@@ -132,6 +144,65 @@ class BleRuntime:
             **kwargs,
             **self._backend_kwargs(scanner=False),
         )
+
+    # -- pairing -----------------------------------------------------------------------------
+
+    async def expect_pairing(
+        self, address: str, passkey: int | None, window: CommandWindow
+    ) -> None:
+        """A configured device pairs (`pair = true`), inside `window`, with this passkey if
+        it asks for one. On BlueZ the agent registers now, so that it is there to refuse
+        a request outside the window; if bluetoothd is not up yet, `ready_to_pair` tries
+        again before pairing."""
+        if self.pairing_policy is None:
+            self.pairing_policy = PairingPolicy(window)
+        self.pairing_policy.expect(address, passkey)
+        if self.section.stack != "bluez":
+            # Bumble asks the policy itself (its pairing delegate); the adapter opens later.
+            self._backend_kwargs(scanner=False)
+            self._adapter.pairing = self.pairing_policy
+            return
+        from gateway.drivers.ble.agent import PairingAgent
+
+        if self.agent is None:
+            self.agent = PairingAgent(self.pairing_policy)
+        try:
+            await self.agent.register()
+        except Exception as exc:
+            log.debug("ble: the pairing agent could not register yet: %s", _describe(exc))
+
+    async def ready_to_pair(self) -> None:
+        """Before pairing: the agent is registered (again, if bluetoothd restarted)."""
+        if self.agent is not None:
+            await self.agent.register()
+
+    async def bonded(self, device: BLEDevice) -> bool:
+        """Whether the stack holds a bond (pairing keys) for this device."""
+        if self.section.stack == "bluez":
+            from gateway.drivers.ble import bluez
+
+            details = device.details if isinstance(device.details, dict) else {}
+            path = details.get("path")
+            if not isinstance(path, str):
+                return False
+            return await bluez.is_paired(path)
+        self._backend_kwargs(scanner=False)  # the adapter, opened by the scan that found it
+        assert self._adapter is not None
+        return bool(await self._adapter.bonded(device.details))
+
+    async def forget(self, device: BLEDevice) -> None:
+        """Remove the stack's bond for this device (it lost its own): it pairs anew."""
+        if self.section.stack == "bluez":
+            from gateway.drivers.ble import bluez
+
+            details = device.details if isinstance(device.details, dict) else {}
+            path = details.get("path")
+            if isinstance(path, str):
+                await bluez.remove_device(path)
+            return
+        self._backend_kwargs(scanner=False)
+        assert self._adapter is not None
+        await self._adapter.forget(device.details)
 
     @contextlib.asynccontextmanager
     async def visiting(self) -> AsyncIterator[None]:
@@ -347,6 +418,8 @@ class BleRuntime:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         await self._stop_scan()
+        if self.agent is not None:
+            await self.agent.close()
         if self._adapter is not None:
             await self._adapter.close()
 

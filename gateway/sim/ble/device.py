@@ -20,6 +20,7 @@ from bumble.device import Connection, Device
 from bumble.gatt import Characteristic, CharacteristicValue, Service
 from bumble.hci import Address
 from bumble.host import Host
+from bumble.pairing import PairingConfig, PairingDelegate
 from bumble.transport.common import AsyncPipeSink
 
 from gateway.drivers.ble.profiles.date_time import (
@@ -43,6 +44,17 @@ def short_uuid(full: str) -> str:
     return full
 
 
+class FixedPasskey(PairingDelegate):
+    """A device that shows no passkey and has a fixed one (printed on it, in its manual)."""
+
+    def __init__(self, passkey: int) -> None:
+        super().__init__(io_capability=PairingDelegate.IoCapability.DISPLAY_OUTPUT_ONLY)
+        self.passkey = passkey
+
+    async def generate_passkey(self) -> int:
+        return self.passkey
+
+
 class VirtualPeripheral:
     """Base class: subclasses add their services and decide what to send."""
 
@@ -59,6 +71,9 @@ class VirtualPeripheral:
         )
         self.connection: Connection | None = None
         self.connections = 0
+        #: pairings completed, and links encrypted (a stored bond encrypts without pairing)
+        self.pairings = 0
+        self.encryptions = 0
         self.time_written: CurrentTime | None = None
         self.time_set = asyncio.Event()
         self.disconnected = asyncio.Event()
@@ -66,6 +81,9 @@ class VirtualPeripheral:
         #: False: the device stays quiet (out of range, switched off) until set again
         self.advertising_enabled = True
         self._tasks: set[asyncio.Task[None]] = set()
+        #: a fixed passkey the device pairs with (passkey entry, MITM); None: Just Works
+        self.passkey: int | None = None
+        self.device.pairing_config_factory = self._pairing_config
         self.device.on(self.device.EVENT_CONNECTION, self._on_connection)
         self.device.add_services([*self.services(), self._time_service()])
 
@@ -130,6 +148,19 @@ class VirtualPeripheral:
         self.connections += 1
         self.disconnected.clear()
         connection.on(connection.EVENT_DISCONNECTION, lambda _reason: self._on_disconnection())
+        connection.on(connection.EVENT_PAIRING, self._on_pairing)
+        connection.on(connection.EVENT_CONNECTION_ENCRYPTION_CHANGE, self._on_encrypted)
+
+    def _pairing_config(self, _connection: Connection) -> PairingConfig:
+        if self.passkey is None:
+            return PairingConfig()
+        return PairingConfig(sc=True, mitm=True, delegate=FixedPasskey(self.passkey))
+
+    def _on_pairing(self, _keys: object) -> None:
+        self.pairings += 1
+
+    def _on_encrypted(self) -> None:
+        self.encryptions += 1
 
     def _on_disconnection(self) -> None:
         self.connection = None

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from bumble.core import UUID
-from bumble.device import Advertisement, Device
+from bumble.device import Advertisement, Connection, Device
 from bumble.hci import Address
 from bumble.keys import JsonKeyStore
+from bumble.pairing import PairingConfig, PairingDelegate
 from bumble.transport import open_transport
 from bumble.transport.common import Transport
+
+from gateway.drivers.ble.pairing import PairingPolicy, Refused
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +25,48 @@ AdvertisementListener = Callable[[Advertisement], None]
 
 #: The hub's own random static address (the two top bits set, Core Vol 6 Part B §1.3.2.1).
 DEFAULT_HUB_ADDRESS = "F0:48:55:42:00:01"
+
+
+class HubPairingDelegate(PairingDelegate):
+    """Bumble's side of the hub's pairing policy (issue 12): what the BlueZ agent answers,
+    for one peer: only inside the pairing window, the configured passkey or none."""
+
+    def __init__(self, policy: PairingPolicy, address: str) -> None:
+        passkey = policy.passkeys.get(address) is not None
+        super().__init__(
+            io_capability=(
+                PairingDelegate.IoCapability.KEYBOARD_INPUT_ONLY
+                if passkey
+                else PairingDelegate.IoCapability.NO_OUTPUT_NO_INPUT
+            )
+        )
+        self.policy = policy
+        self.address = address
+
+    def _may(self, what: str) -> bool:
+        try:
+            self.policy.allow(self.address, what)
+        except Refused:
+            return False
+        return True
+
+    async def accept(self) -> bool:
+        return self._may("pairing request")
+
+    async def confirm(self, auto: bool = False) -> bool:
+        return self._may("confirmation")
+
+    async def compare_numbers(self, number: int, digits: int) -> bool:
+        return self._may("numeric comparison")
+
+    async def get_number(self) -> int | None:
+        try:
+            return self.policy.passkey(self.address)
+        except Refused:
+            return None  # Bumble aborts the pairing
+
+    async def display_number(self, number: int, digits: int) -> None:
+        """Nothing to show it on."""
 
 
 def bleak_uuid(value: UUID) -> str:
@@ -48,6 +94,8 @@ class BumbleAdapter:
         self._scanning_active: bool | None = None
         #: address string (no type suffix) -> the typed Bumble address last seen
         self.seen: dict[str, Address] = {}
+        #: who may pair and when (the BLE runtime's); None: Bumble's defaults (Just Works)
+        self.pairing: PairingPolicy | None = None
 
     @property
     def device(self) -> Device:
@@ -65,6 +113,7 @@ class BumbleAdapter:
                     "homehub", Address(self._address), transport.source, transport.sink
                 )
                 device.on(device.EVENT_ADVERTISEMENT, self._on_advertisement)
+                device.pairing_config_factory = self._pairing_config
                 if self._keystore_path is not None:
                     self._keystore_path.parent.mkdir(parents=True, exist_ok=True)
                     device.keystore = JsonKeyStore(None, str(self._keystore_path))
@@ -75,6 +124,17 @@ class BumbleAdapter:
             self._transport, self._device = transport, device
             log.debug("bumble: host up on %s", self.transport_spec)
             return device
+
+    def _pairing_config(self, connection: Connection) -> PairingConfig:
+        policy = self.pairing
+        if policy is None:
+            return PairingConfig()  # Bumble's defaults: Just Works, bonding
+        address = connection.peer_address.to_string(False)
+        delegate = HubPairingDelegate(policy, address)
+        # MITM protection only with a passkey: Just Works cannot give it.
+        return PairingConfig(
+            sc=True, mitm=policy.passkeys.get(address) is not None, delegate=delegate
+        )
 
     async def close(self) -> None:
         async with self._lock:
@@ -90,6 +150,20 @@ class BumbleAdapter:
                     log.debug("bumble: power off failed", exc_info=True)
             if transport is not None:
                 await transport.close()
+
+    async def bonded(self, address: object) -> bool:
+        """Whether the keystore holds a bond for this peer (a Bumble Address, as scanned)."""
+        device = await self.open()
+        if not isinstance(address, Address) or device.keystore is None:
+            return False
+        return await device.keystore.get(str(address)) is not None
+
+    async def forget(self, address: object) -> None:
+        """Delete this peer's bond from the keystore (it pairs anew on the next visit)."""
+        device = await self.open()
+        if isinstance(address, Address) and device.keystore is not None:
+            with contextlib.suppress(KeyError):
+                await device.keystore.delete(str(address))
 
     async def reset(self) -> None:
         """Close and let the next use reopen: the adapter-reset recovery stage."""

@@ -99,7 +99,7 @@ class BumbleClient(BaseBleakClient):
         connection.on(connection.EVENT_DISCONNECTION, self._on_disconnection)
         try:
             if pair:
-                await self.pair()
+                await self._secure(connection, address)
             async with asyncio.timeout(self._timeout):
                 await self._discover(connection)
         except BaseException:
@@ -120,6 +120,21 @@ class BumbleClient(BaseBleakClient):
             async with asyncio.timeout(2.0):
                 await connection.disconnect()
         self._connection = None
+
+    async def _secure(self, connection: Connection, address: Address) -> None:
+        """Encrypt the link: with the stored bond when there is one, else pair (and bond).
+
+        Issue 12: a bonded device is not paired again on every visit (that needs the
+        installer's window, and some devices refuse a second pairing); the stored key
+        re-encrypts the link, as BlueZ does for a paired device.
+        """
+        if await self._adapter.bonded(address):
+            with _as_bleak_error("encrypt with the stored bond"):
+                async with asyncio.timeout(self._timeout):
+                    await connection.encrypt()
+            log.debug("bumble: link encrypted with the stored bond")
+            return
+        await self.pair()
 
     async def pair(self, *args: Any, **kwargs: Any) -> None:
         with _as_bleak_error("pair"):
