@@ -521,6 +521,16 @@ async def test_devices_survive_a_sigkill_and_a_repeated_id_after_the_restart_is_
             assert await backend.raw(again) == first
             status = (await backend.call("status"))["result"]
             assert list(status["devices"]) == ["wt-1"]
+            # `homehub status` on the hub lists the remote device too.
+            local = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "gateway", "status", "--config", str(config), "--json"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert local.returncode == 0, local.stderr
+            assert list(json.loads(local.stdout)["devices"]) == ["wt-1"]
     finally:
         process.send_signal(signal.SIGTERM)
         try:
