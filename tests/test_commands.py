@@ -230,7 +230,8 @@ async def test_identify_shows_here_i_am_for_its_seconds_then_what_was_before(
         assert status["panel"]["state"] == "here I am"
         back, back_at = await next_event(queue, PanelShows, 5)
         assert back == PanelShows("ready")
-        assert 0.8 <= back_at - at <= 2.5
+        # About its 1 s (exact timings: test_panel_states.py, on virtual time).
+        assert 0.8 <= back_at - at <= 6.0
         # 0 ends it early.
         await backend.call("identify", {"seconds": 300})
         assert (await next_event(queue, PanelShows, 5))[0] == PanelShows("here I am")
