@@ -101,11 +101,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from gateway.commands import RemoteDevices
     from gateway.status import iso_utc
     from gateway.store import SqliteOutbox
 
     registry = DriverRegistry.from_entry_points()
-    config = _config_or_exit(args.config, registry)
+    # Issue 10: the devices the hub runs, the care team's remote ones included.
+    installer = _config_or_exit(args.config, registry)
+    config = RemoteDevices(installer.gateway.state_dir, registry).merge(installer)
     path = config.store_path
     if not path.exists():
         print(f"homehub: no store at {path} yet (has the hub ever run?)", file=sys.stderr)

@@ -153,7 +153,7 @@ class MqttSection(_Section):
         ge=0,
         le=4294967295,
         description="MQTT 5 Session Expiry Interval of the hub's persistent session: the "
-        "broker keeps confirmations for a hub offline this long.",
+        "broker keeps confirmations and commands for a hub offline this long.",
     )
     username: str | None = None
     password_file: FilePath | None = None

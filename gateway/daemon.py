@@ -271,6 +271,8 @@ class Hub:
         self.store = store
         self.care_plan.load()
         self.events.subscribe(self._track_uplink)
+        if self.panel is not None and self.panel.state is not None:
+            self.status.panel_state = self.panel.state.value  # shown before we listened
         self._check_certificate()  # before the first status goes out
         self.command_channel = CommandChannel(
             self.commands,

@@ -230,7 +230,8 @@ async def test_identify_shows_here_i_am_for_its_seconds_then_what_was_before(
         assert status["panel"]["state"] == "here I am"
         back, back_at = await next_event(queue, PanelShows, 5)
         assert back == PanelShows("ready")
-        assert 0.8 <= back_at - at <= 2.5
+        # About its 1 s (exact timings: test_panel_states.py, on virtual time).
+        assert 0.8 <= back_at - at <= 6.0
         # 0 ends it early.
         await backend.call("identify", {"seconds": 300})
         assert (await next_event(queue, PanelShows, 5))[0] == PanelShows("here I am")
@@ -521,6 +522,16 @@ async def test_devices_survive_a_sigkill_and_a_repeated_id_after_the_restart_is_
             assert await backend.raw(again) == first
             status = (await backend.call("status"))["result"]
             assert list(status["devices"]) == ["wt-1"]
+            # `homehub status` on the hub lists the remote device too.
+            local = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "gateway", "status", "--config", str(config), "--json"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert local.returncode == 0, local.stderr
+            assert list(json.loads(local.stdout)["devices"]) == ["wt-1"]
     finally:
         process.send_signal(signal.SIGTERM)
         try:
