@@ -198,7 +198,8 @@ class Hub:
         #: what was last logged about the client certificate (state, days left when expiring)
         self._cert_logged: tuple[str, int] | None = None
         self._cert_trouble: str | None = None  # the panel's reason, while there is one
-        #: issue 10: `care-plan/get` is `hub.care_plan.get()`, `care-plan/set` is `.set(doc)`
+        #: issue 10: the `care-plan/get` and `care-plan/set` commands are its
+        #: `get_command` / `set_command` (CarePlanError -> the response's field errors)
         self.care_plan = CarePlanService(
             config.gateway.state_dir,
             now=self.clock.now,

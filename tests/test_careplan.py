@@ -170,3 +170,15 @@ def test_hub_zone_follows_tz(monkeypatch: pytest.MonkeyPatch) -> None:
     assert str(hub_zone()) == "America/New_York"
     monkeypatch.setenv("TZ", ":Europe/Paris")
     assert str(hub_zone()) == "Europe/Paris"
+
+
+def test_command_handlers(tmp_path: Path) -> None:
+    plans = service(tmp_path)
+    assert plans.get_command({})["plan"] == {}
+    result = plans.set_command(copy.deepcopy(PLAN))
+    assert result == {"hash": plans.plan.digest(), "version": 3}
+    got = plans.get_command({})
+    assert got["plan"] == plans.get() and got["hash"] == result["hash"]
+    with pytest.raises(CarePlanError):
+        plans.set_command({"schedule": "daily"})
+    assert plans.get_command({}) == got

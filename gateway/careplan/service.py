@@ -148,6 +148,19 @@ class CarePlanService:
         self._wake.set()
         self._on_change()
 
+    # The command channel's handlers (gateway/commands/registry.py: args -> result).
+    # `care-plan/set`'s args are the plan document itself; a CarePlanError's problems
+    # become the response's field errors (prefixed "args.").
+
+    def get_command(self, args: dict[str, Any]) -> dict[str, Any]:
+        """`care-plan/get`: the plan in force, its hash and version."""
+        return {"plan": self.get(), "hash": self.plan.digest(), "version": self.plan.version}
+
+    def set_command(self, args: dict[str, Any]) -> dict[str, Any]:
+        """`care-plan/set`: put `args` in force (persisted first); its hash and version."""
+        self.set(args)
+        return {"hash": self.plan.digest(), "version": self.plan.version}
+
     def _use(self, plan: CarePlan) -> None:
         self.plan = plan
         self.zone = self._zone_override or plan_zone(plan)
