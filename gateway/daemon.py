@@ -515,8 +515,13 @@ class Hub:
             quality = _CLOCK_QUALITY[self.status.clock_synced]
             reading = reading.model_copy(update={"measured_at_quality": quality})
         received_at = self.clock.now()
-        # Issue 10: outside the care plan's thresholds -> flagged, and sent first.
-        flags = self.care_plan.flags(reading)
+        # Issue 10: outside the care plan's thresholds -> flagged, and sent first. The
+        # plan must never cost a reading: a failure there stores it unflagged.
+        try:
+            flags = self.care_plan.flags(reading)
+        except Exception:
+            log.exception("care plan: flagging a reading failed; storing it unflagged")
+            flags = ()
         try:
             stored = await store.add(reading, received_at, flags)
         except StoreFullError:
@@ -538,7 +543,10 @@ class Hub:
                 self.events.publish(DeviceRecovered(options.id))
             self._status_changed()
         if not stored.duplicate:
-            self.care_plan.stored(reading, received_at)
+            try:
+                self.care_plan.stored(reading, received_at)
+            except Exception:
+                log.exception("care plan: following a stored reading failed")
         self.events.publish(ReadingStored(options.id, stored.id, stored.duplicate))
         return stored
 
