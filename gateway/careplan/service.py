@@ -369,7 +369,10 @@ class CarePlanService:
         except FileNotFoundError:
             pass
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("care plan: %s unreadable (%s); starting afresh", STATE_FILE, exc)
+            # The type only: a message could quote a remembered weight.
+            log.warning(
+                "care plan: %s unreadable (%s); starting afresh", STATE_FILE, type(exc).__name__
+            )
 
     def _save_state(self) -> None:
         doc = {
