@@ -219,7 +219,8 @@ class Hub:
         self.remote_devices = RemoteDevices(config.gateway.state_dir, registry)
         self.commands = CommandRegistry()
         self.command_channel: CommandChannel | None = None
-        #: issue 10: the care plan, set and read by the `care-plan/*` commands
+        #: issue 10: the `care-plan/get` and `care-plan/set` commands are its
+        #: `get_command` / `set_command` (CarePlanError -> the response's field errors)
         self.care_plan = CarePlanService(
             config.gateway.state_dir,
             now=self.clock.now,
@@ -394,20 +395,16 @@ class Hub:
 
         self.commands.register("devices/set", devices_set, mutates=True)
 
-        def care_plan_get(args: dict[str, Any]) -> dict[str, Any]:
-            return {"care_plan": self.care_plan.get()}
-
         def care_plan_set(args: dict[str, Any]) -> dict[str, Any]:
             # `args` is the plan itself; persisted before this returns (CarePlanService.set).
             try:
-                self.care_plan.set(args)
+                return self.care_plan.set_command(args)
             except CarePlanError as exc:
                 raise FieldError(
                     [FieldProblem(f"args.{path}", message) for path, message in exc.problems]
                 ) from exc
-            return {"care_plan": self.care_plan.get()}
 
-        self.commands.register("care-plan/get", care_plan_get)
+        self.commands.register("care-plan/get", self.care_plan.get_command)
         self.commands.register("care-plan/set", care_plan_set, mutates=True)
 
     def _uplink_ended(self, task: asyncio.Task[None]) -> None:
@@ -605,8 +602,13 @@ class Hub:
             quality = _CLOCK_QUALITY[self.status.clock_synced]
             reading = reading.model_copy(update={"measured_at_quality": quality})
         received_at = self.clock.now()
-        # Issue 10: outside the care plan's thresholds -> flagged, and sent first.
-        flags = self.care_plan.flags(reading)
+        # Issue 10: outside the care plan's thresholds -> flagged, and sent first. The
+        # plan must never cost a reading: a failure there stores it unflagged.
+        try:
+            flags = self.care_plan.flags(reading)
+        except Exception:
+            log.exception("care plan: flagging a reading failed; storing it unflagged")
+            flags = ()
         try:
             stored = await store.add(reading, received_at, flags)
         except StoreFullError:
@@ -628,7 +630,10 @@ class Hub:
                 self.events.publish(DeviceRecovered(options.id))
             self._status_changed()
         if not stored.duplicate:
-            self.care_plan.stored(reading, received_at)
+            try:
+                self.care_plan.stored(reading, received_at)
+            except Exception:
+                log.exception("care plan: following a stored reading failed")
         self.events.publish(ReadingStored(options.id, stored.id, stored.duplicate))
         return stored
 

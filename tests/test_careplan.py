@@ -170,3 +170,29 @@ def test_hub_zone_follows_tz(monkeypatch: pytest.MonkeyPatch) -> None:
     assert str(hub_zone()) == "America/New_York"
     monkeypatch.setenv("TZ", ":Europe/Paris")
     assert str(hub_zone()) == "Europe/Paris"
+
+
+def test_command_handlers(tmp_path: Path) -> None:
+    plans = service(tmp_path)
+    assert plans.get_command({})["plan"] == {}
+    result = plans.set_command(copy.deepcopy(PLAN))
+    assert result == {"hash": plans.plan.digest(), "version": 3}
+    got = plans.get_command({})
+    assert got["plan"] == plans.get() and got["hash"] == result["hash"]
+    with pytest.raises(CarePlanError):
+        plans.set_command({"schedule": "daily"})
+    assert plans.get_command({}) == got
+
+
+def test_damaged_state_file_starts_afresh_without_logging_values(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    plans = service(tmp_path)
+    plans.set(copy.deepcopy(PLAN))
+    doc = json.loads((tmp_path / "care-plan-state.json").read_text())
+    doc["weights"] = {"2026-12-01": "81.7kg"}
+    (tmp_path / "care-plan-state.json").write_text(json.dumps(doc))
+    again = service(tmp_path)
+    again.load()
+    assert again.get() == plans.get()
+    assert "unreadable" in caplog.text and "81.7" not in caplog.text

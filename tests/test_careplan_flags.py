@@ -107,7 +107,11 @@ def test_weight_gain_rule(tmp_path: Path) -> None:
     assert step(82.6, NOW + 4 * day + timedelta(hours=1)) == ("weight_gain",)
     # In pounds: 185 lb = 83.9 kg.
     assert step(185.0, NOW + 4 * day + timedelta(hours=2), Ucum.LB) == ("weight_gain",)
-    # Only one number per day is kept, and only the days the rule looks at.
+    # A scale's memory of older days changes nothing the rule looks at.
+    assert step(70.0, NOW - 30 * day) == ()
+    # Only one number per day is kept, and only the days the rule looks at; written by
+    # flush() (run() calls it each round and when it stops), not per reading.
+    p.flush()
     state = json.loads((tmp_path / "care-plan-state.json").read_text())
     assert list(state["weights"]) == ["2026-12-04", "2026-12-05", "2026-12-06", "2026-12-07"]
     # ... and they survive a restart.
@@ -136,3 +140,19 @@ def test_flags_in_the_payload_are_schema_checked() -> None:
     check.validate(flagged)
     flagged["flags"] = ["sideways:1"]
     assert not check.is_valid(flagged)
+
+
+def test_run_writes_remembered_weights_when_it_stops(tmp_path: Path) -> None:
+    import asyncio
+
+    async def scenario() -> None:
+        p = plans(tmp_path, {"weight_gain": {"kg": 2.0, "days": 3}})
+        task = asyncio.create_task(p.run())
+        await asyncio.sleep(0)
+        p.stored(weight(80.0, NOW), NOW)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+    state = json.loads((tmp_path / "care-plan-state.json").read_text())
+    assert state["weights"] == {"2026-12-03": 80.0}

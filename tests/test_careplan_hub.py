@@ -21,6 +21,7 @@ from tests.helpers import (
     LineReader,
     Listener,
     hub_process,
+    next_event,
     running_hub,
     sim_device,
     write_config,
@@ -210,3 +211,30 @@ def test_hub_shows_measurement_due_until_a_reading_of_its_kind(
         ],
     )
     asyncio.run(_due_in_hub(config))
+
+
+async def _broken_plan(config: Path) -> None:
+    events = EventBus()
+    queue, _ = events.queue()
+    async with running_hub(config, events) as hub:
+
+        def broken(*_: object) -> None:
+            raise RuntimeError("a bug in the care plan")
+
+        # Before the hub's task first runs: the device's one reading meets the bug.
+        hub.care_plan.flags = broken  # type: ignore[assignment,method-assign]
+        hub.care_plan.stored = broken  # type: ignore[method-assign]
+        _, _ = await next_event(queue, ReadingStored, timeout_s=10)
+        assert hub.store is not None
+        assert (await hub.store.stats()).total == 1
+
+
+def test_a_failing_care_plan_never_costs_a_reading(tmp_path: Path, broker: MosquittoBroker) -> None:
+    config = write_config(
+        tmp_path / "hub.toml",
+        broker=broker,
+        state_dir=tmp_path / "state",
+        mqtt=FAST_MQTT,
+        devices=[sim_device("scale-1", "weight", interval_s=0.0, count=1)],
+    )
+    asyncio.run(_broken_plan(config))

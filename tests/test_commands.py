@@ -665,12 +665,12 @@ async def test_care_plan_set_and_get_round_trip_and_an_invalid_plan_changes_noth
         "thresholds": [{"mdc": 150021, "above": 160}],
     }
     async with hub_and_backend(tmp_path, broker) as (hub, backend, _):
-        assert (await backend.call("care-plan/get"))["result"] == {"care_plan": {}}
+        assert (await backend.call("care-plan/get"))["result"]["plan"] == {}
         response = await backend.call("care-plan/set", plan)
         assert response["ok"] is True, response
-        assert response["result"]["care_plan"]["version"] == 4
+        assert response["result"]["version"] == 4
         saved = (hub.config.gateway.state_dir / "care-plan.json").read_bytes()
-        got = (await backend.call("care-plan/get"))["result"]["care_plan"]
+        got = (await backend.call("care-plan/get"))["result"]["plan"]
         assert got["version"] == 4 and got["schedule"][0]["kind"] == "weight"
         # An invalid plan: refused naming the field, the plan in force and its file unchanged.
         bad = dict(plan, version=5, schedule=[{"kind": "weight", "start": "25:00", "end": "10:00"}])
@@ -678,4 +678,4 @@ async def test_care_plan_set_and_get_round_trip_and_an_invalid_plan_changes_noth
         assert refused["ok"] is False
         assert any("schedule[0]" in f["path"] for f in refused["error"]["fields"]), refused
         assert (hub.config.gateway.state_dir / "care-plan.json").read_bytes() == saved
-        assert (await backend.call("care-plan/get"))["result"]["care_plan"]["version"] == 4
+        assert (await backend.call("care-plan/get"))["result"]["version"] == 4

@@ -58,6 +58,8 @@ def remember_weight(minima: dict[date, float], day: date, kg: float, days: int) 
 
     Returns whether anything changed (to persist only then).
     """
+    if minima and day < max(minima) - timedelta(days=days):
+        return False  # older than the rule looks (a device's memory): nothing to keep
     changed = False
     if day not in minima or kg < minima[day]:
         minima[day] = kg

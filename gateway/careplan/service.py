@@ -15,9 +15,10 @@
   (and at least once a minute, so a clock step is caught up quickly).
 
 What it remembers besides the plan (`state_dir/care-plan-state.json`, same atomic write,
-written only when it changes): which window occurrences were measured, the missed ones
-(at most MAX_MISSED, newest kept), how far the windows were judged, and the daily
-lowest body weight of the last `weight_gain.days` days. No readings.
+written when it changes; new weights by `flush()`, within a minute, not per reading):
+which window occurrences were measured, the missed ones (at most MAX_MISSED, newest
+kept), how far the windows were judged, and the daily lowest body weight of the last
+`weight_gain.days` days. No readings.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class CarePlanService:
         self.due: tuple[str, ...] = ()
         self.quiet = False
         self._wake = asyncio.Event()
+        self._dirty = False  # weights remembered but not yet written
 
     # -- the plan --------------------------------------------------------------------
 
@@ -148,6 +150,19 @@ class CarePlanService:
         self._wake.set()
         self._on_change()
 
+    # The command channel's handlers (gateway/commands/registry.py: args -> result).
+    # `care-plan/set`'s args are the plan document itself; a CarePlanError's problems
+    # become the response's field errors (prefixed "args.").
+
+    def get_command(self, args: dict[str, Any]) -> dict[str, Any]:
+        """`care-plan/get`: the plan in force, its hash and version."""
+        return {"plan": self.get(), "hash": self.plan.digest(), "version": self.plan.version}
+
+    def set_command(self, args: dict[str, Any]) -> dict[str, Any]:
+        """`care-plan/set`: put `args` in force (persisted first); its hash and version."""
+        self.set(args)
+        return {"hash": self.plan.digest(), "version": self.plan.version}
+
     def _use(self, plan: CarePlan) -> None:
         self.plan = plan
         self.zone = self._zone_override or plan_zone(plan)
@@ -176,13 +191,14 @@ class CarePlanService:
         plan = self.plan
         if plan.empty:
             return
-        changed = False
         rule = plan.weight_gain
         kg = body_weight_kg(reading) if rule is not None else None
         if rule is not None and kg is not None:
-            changed |= remember_weight(self._minima, local_day(reading, self.zone), kg, rule.days)
-        changed |= self._measured_in(reading, received_at or self._now())
-        if changed:
+            # Written by run() within EVALUATE_EVERY_S (and at stop), not per reading: a
+            # scale's memory of many days must not cost an fsync each on the event loop.
+            day = local_day(reading, self.zone)
+            self._dirty |= remember_weight(self._minima, day, kg, rule.days)
+        if self._measured_in(reading, received_at or self._now()):
             self._save_state()
             self.evaluate()
 
@@ -283,10 +299,22 @@ class CarePlanService:
 
     async def run(self) -> None:
         """Evaluate at every boundary and at least every EVALUATE_EVERY_S."""
+        try:
+            await self._run()
+        finally:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write remembered weights not yet on disk (run() does, each round and at stop)."""
+        if self._dirty:
+            self._save_state()
+
+    async def _run(self) -> None:
         while True:
             self._wake.clear()
             try:
                 at = self.evaluate()
+                self.flush()
             except Exception:
                 log.exception("care plan: evaluating the windows failed; will try again")
                 at = None
@@ -341,7 +369,10 @@ class CarePlanService:
         except FileNotFoundError:
             pass
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("care plan: %s unreadable (%s); starting afresh", STATE_FILE, exc)
+            # The type only: a message could quote a remembered weight.
+            log.warning(
+                "care plan: %s unreadable (%s); starting afresh", STATE_FILE, type(exc).__name__
+            )
 
     def _save_state(self) -> None:
         doc = {
@@ -353,6 +384,7 @@ class CarePlanService:
         }
         try:
             write_atomic(self.state_path, json.dumps(doc).encode(), owner=None)
+            self._dirty = False
         except OSError as exc:
             # Losing this costs a missed-window report or a weight-gain flag after a
             # restart, never a reading: log and go on.
