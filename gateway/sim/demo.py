@@ -293,11 +293,24 @@ def start_backend(workdir: Path, port: int, prefix: str) -> Backend | str:
         start_new_session=True,
     )
     assert sandbox.stdout is not None
-    ready, lines = _lines_until(sandbox.stdout, "sandbox ready", timeout_s=120)
+    try:
+        ready, lines = _lines_until(sandbox.stdout, "sandbox ready", timeout_s=120)
+    except BaseException:  # Ctrl-C while initdb runs: the caller's cleanup does not know it
+        _stop(sandbox, timeout_s=30)
+        raise
     if not ready:
         _stop(sandbox, timeout_s=30)
         return _why(lines)
     backend = Backend(config=config, sandbox=sandbox)
+    try:
+        return _start_ingest(backend, env)
+    except BaseException:
+        backend.stop()
+        raise
+
+
+def _start_ingest(backend: Backend, env: dict[str, str]) -> Backend | str:
+    config = backend.config
     backend.ingest = subprocess.Popen(
         [sys.executable, "-m", "homehub_backend", "ingest", "--config", str(config)],
         stdout=subprocess.DEVNULL,
