@@ -45,10 +45,10 @@ NEW_STORE_PAGE_SIZE = 1024
 # behind on free pages until they are reused is documented in README (store).
 _SECURE_DELETE = "FAST"
 _SECURE_DELETE_VALUE = 2  # what `PRAGMA secure_delete` reports for FAST
-# Checkpoint every 4,000 WAL frames (~4 MiB at 1 KiB pages) instead of SQLite's
-# 1,000: a page changed several times in between (a leaf: insert, mark, purge)
-# reaches the database file once. The WAL is cut back to this size after a checkpoint.
-WAL_AUTOCHECKPOINT_PAGES = 4000
+# Checkpoint once the WAL holds ~4 MiB (4,000 frames at 1 KiB pages; SQLite's default
+# is 1,000 frames): a page changed several times in between (a leaf: insert, mark,
+# purge) reaches the database file once. The WAL is cut back to this size after a
+# checkpoint. By bytes, so an older store with 4 KiB pages keeps a 4 MiB WAL too.
 JOURNAL_SIZE_LIMIT_B = 4 * 1024 * 1024
 # A device's `devices.last_reading_at` is written when it moved at least this much
 # (or the device is new to this connection), not on every commit: its row costs one
@@ -209,7 +209,8 @@ class SqliteOutbox:
         db.execute(f"PRAGMA synchronous = {_SYNC_LEVEL[synchronous]}")
         db.execute(f"PRAGMA secure_delete = {_SECURE_DELETE}")
         db.execute("PRAGMA busy_timeout = 5000")
-        db.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+        page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
+        db.execute(f"PRAGMA wal_autocheckpoint = {JOURNAL_SIZE_LIMIT_B // (page_size + 24)}")
         db.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT_B}")
         if max_page_count is not None:
             # Used by tests to make "disk full" happen on demand (SQLITE_FULL).
