@@ -28,6 +28,7 @@ from typing import Any
 
 from bench import (
     backend_ingest,
+    ble_idle,
     careplan,
     commands,
     confirm,
@@ -81,6 +82,7 @@ BENCHMARKS: dict[str, Runner] = {
     "commands": lambda quick: commands.run(quick=quick),
     "fhir": lambda quick: fhir.run(quick=quick),
     "ble_latency": _ble,
+    "ble_idle": lambda quick: ble_idle.run(cpu_window_s=15.0 if quick else 60.0),
     "backend_ingest": lambda quick: (
         backend_ingest.run(count=3_000, rounds=1) if quick else backend_ingest.run()
     ),
