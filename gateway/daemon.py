@@ -634,7 +634,8 @@ class Hub:
                 self.care_plan.stored(reading, received_at)
             except Exception:
                 log.exception("care plan: following a stored reading failed")
-        self.events.publish(ReadingStored(options.id, stored.id, stored.duplicate))
+        show_flag = bool(flags) and self.care_plan.plan.show_on_panel
+        self.events.publish(ReadingStored(options.id, stored.id, stored.duplicate, show_flag))
         return stored
 
     def _on_committed(self) -> None:

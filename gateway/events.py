@@ -25,6 +25,8 @@ class ReadingStored(Event):
     device_id: str
     reading_id: str
     duplicate: bool
+    #: outside the care plan's limits and the plan asks the panel to say so (issue 10)
+    show_flag: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,7 +108,6 @@ _DELETE = object()
         ("timezone", "Mars/Olympus", "timezone"),
         ("version", "3", "version"),
         ("show_on_panel", 1, "show_on_panel"),
-        ("show_on_panel", True, "show_on_panel"),  # not supported yet: refused, not ignored
         ("colour", "red", "colour"),  # unknown field
         ("schedule[0].extra", 1, "schedule[0].extra"),
     ],

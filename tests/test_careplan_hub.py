@@ -15,7 +15,7 @@ from pathlib import Path
 from homehub_contract import validator
 
 from gateway.careplan import CarePlanService, parse_plan
-from gateway.events import EventBus, MeasurementDue, ReadingStored
+from gateway.events import EventBus, MeasurementDue, PanelShows, ReadingStored
 from gateway.sim.broker import MosquittoBroker, free_port
 from tests.helpers import (
     LineReader,
@@ -238,3 +238,34 @@ def test_a_failing_care_plan_never_costs_a_reading(tmp_path: Path, broker: Mosqu
         devices=[sim_device("scale-1", "weight", interval_s=0.0, count=1)],
     )
     asyncio.run(_broken_plan(config))
+
+
+async def _outside_plan_in_hub(config: Path) -> None:
+    events = EventBus()
+    queue, _ = events.queue()
+    async with running_hub(config, events):
+        stored, _ = await next_event(queue, ReadingStored, timeout_s=10)
+        assert stored.show_flag is True
+        while True:  # bounded by next_event's timeout
+            shown, _ = await next_event(queue, PanelShows, timeout_s=10)
+            assert shown.state != "sent", "a flagged reading must not show plain 'sent'"
+            if shown.state == "sent, outside your plan":
+                break
+
+
+def test_show_on_panel_shows_a_sent_flagged_reading_as_outside_the_plan(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    # Every simulated systolic value is above 10 mmHg: the reading is flagged.
+    plan = {"thresholds": [{"mdc": 150021, "above": 10}], "show_on_panel": True}
+    CarePlanService(state, now=lambda: datetime.now(UTC)).set(plan)
+    config = write_config(
+        tmp_path / "hub.toml",
+        broker=broker,
+        state_dir=state,
+        mqtt=FAST_MQTT,
+        devices=[sim_device("bp-1", "blood_pressure", interval_s=0.0, count=1)],
+    )
+    asyncio.run(_outside_plan_in_hub(config))

@@ -68,6 +68,13 @@ SPEC: dict[str, tuple[Steps, list[Event]]] = {
         [HubStarted(), UplinkUp(), ReadingStored("bp-1", "r1", duplicate=False),
          ReadingDelivered("bp-1", "r1")],
     ),
+    # Issue 10: a care plan with show_on_panel, a flagged reading once it is sent.
+    "sent, outside your plan": (
+        [("green", 1, 1.0), ("amber", 1, 1.0)],
+        [HubStarted(), UplinkUp(),
+         ReadingStored("bp-1", "r1", duplicate=False, show_flag=True),
+         ReadingDelivered("bp-1", "r1")],
+    ),
     "stored, will send later": (
         [("amber", 1, 1.7), (None, 0, 0.3)],
         [HubStarted(), ReadingStored("bp-1", "r1", duplicate=False)],

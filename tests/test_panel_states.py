@@ -56,6 +56,7 @@ def test_priority_order_is_the_documented_one() -> None:
         "starting",
         "got it",
         "sent",
+        "sent, outside your plan",
         "stored, will send later",
         "installer",
         "here I am",
@@ -306,3 +307,26 @@ def test_identify_shows_here_i_am_for_its_seconds_below_feedback_above_needs_hel
     assert m.state(52.0) is S.IDENTIFY
     m.handle(Identify(0), 53.0)  # 0 ends it early
     assert m.state(53.0) is S.NEEDS_HELP
+
+
+def test_a_flagged_reading_shows_outside_your_plan_only_once_sent_and_for_its_time() -> None:
+    """Issue 10, care plan `show_on_panel`: never before the care team has it."""
+    m = PanelStateMachine(T, now=0.0)
+    m.handle(HubStarted(), 0.0)
+    m.handle(UplinkUp(), 0.0)
+    m.handle(ReadingStored("bp-1", "r1", duplicate=False, show_flag=True), 1.0)
+    assert m.state(1.5) is S.GOT_IT  # kept, not yet sent: no message about it yet
+    m.handle(ReadingDelivered("bp-1", "r1"), 2.0)
+    assert m.state(2.3) is S.GOT_IT  # "got it" keeps its one cycle (1.4 s)
+    assert m.state(2.5) is S.SENT_OUTSIDE_PLAN
+    assert m.state(2.4 + T.outside_plan_s - 0.1) is S.SENT_OUTSIDE_PLAN
+    assert m.state(2.4 + T.outside_plan_s + 0.1) is S.READY
+    # An unflagged reading is plain "sent"; a new press ends the message at once.
+    m.handle(ReadingStored("bp-1", "r2", duplicate=False, show_flag=True), 700.0)
+    m.handle(ReadingDelivered("bp-1", "r2"), 700.1)
+    assert m.state(702.0) is S.SENT_OUTSIDE_PLAN
+    m.handle(WindowOpened("measure", 120), 703.0)
+    assert m.state(703.0) is S.WAITING
+    m.handle(ReadingStored("bp-1", "r3", duplicate=False), 704.0)
+    m.handle(ReadingDelivered("bp-1", "r3"), 704.1)
+    assert m.state(706.0) is S.SENT

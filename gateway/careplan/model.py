@@ -146,16 +146,9 @@ class CarePlan(_Strict):
     weight_gain: WeightGain | None = None
     quiet_hours: QuietHours | None = None
     #: False (default): a flag only changes what the backend sees; the light gives no
-    #: clinical advice (issue 10). True is refused until the panel has a state for it:
-    #: a plan must not believe the patient is told what the light never shows.
+    #: clinical advice (issue 10). True: once a flagged reading is sent, the panel shows
+    #: "sent, outside your plan" instead of "sent" (gateway/panel/states.py).
     show_on_panel: StrictBool = False
-
-    @field_validator("show_on_panel")
-    @classmethod
-    def _panel(cls, v: bool) -> bool:
-        if v:
-            raise ValueError("true is not supported by this hub yet (flags reach the backend only)")
-        return v
 
     @field_validator("timezone")
     @classmethod

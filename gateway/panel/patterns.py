@@ -3,7 +3,8 @@
 Patterns differ in rhythm as well as colour, so they read without colour vision:
 steady dim, slow breathing, double blink, steady bright, long-on/short-off,
 slow even blink, triple flash, chase, quick green/red alternation ("here I am"),
-long even blink ("measurement due"). The README's state table documents them;
+long even blink ("measurement due"), slow green/amber alternation ("sent, outside
+your plan"). The README's state table documents them;
 tests/test_panel_patterns.py checks the pins follow them.
 """
 
@@ -102,6 +103,13 @@ def patterns(ready_level: float = 0.1, *, pwm: bool = True) -> dict[PanelState, 
         ),
         PanelState.SENT: Pattern(
             "steady bright green", "green at full brightness, steady", _steady(G, 1.0)
+        ),
+        # Issue 10 (care plan `show_on_panel`): "sent" (green) and amber in turn, slowly,
+        # never dark: a reading the care team has and will look at; no alarm, no red.
+        PanelState.SENT_OUTSIDE_PLAN: Pattern(
+            "slow green-amber alternation",
+            "green 1 s, amber 1 s, repeated, never dark",
+            (Step(G, 1.0, 1.0), Step(A, 1.0, 1.0)),
         ),
         PanelState.STORED_LATER: Pattern(
             "amber, long on short off",

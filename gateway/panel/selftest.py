@@ -25,6 +25,7 @@ SHOW_ORDER = (
     PanelState.MEASUREMENT_DUE,
     PanelState.GOT_IT,
     PanelState.SENT,
+    PanelState.SENT_OUTSIDE_PLAN,
     PanelState.STORED_LATER,
     PanelState.NEEDS_HELP,
     PanelState.INSTALLER,

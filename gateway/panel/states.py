@@ -9,7 +9,9 @@ Priority, highest first (the README's table is the patient-facing version):
 1. STARTING      the daemon has not started yet
 2. GOT_IT        a new reading was stored: shown at least `got_it_s`, then until it
                  is sent, an uplink loss or `send_wait_s`
-3. SENT          that reading is sent: `sent_s`
+3. SENT          that reading is sent: `sent_s`; SENT_OUTSIDE_PLAN instead, for
+                 `outside_plan_s`, when it is outside the care plan's limits and the
+                 plan says `show_on_panel` (issue 10)
 4. STORED_LATER  that reading was stored but cannot go now (uplink down, publish
                  refused, or not sent within `send_wait_s`): `stored_later_s`
 
@@ -74,6 +76,7 @@ class PanelState(enum.Enum):
     STARTING = "starting"
     GOT_IT = "got it"
     SENT = "sent"
+    SENT_OUTSIDE_PLAN = "sent, outside your plan"
     STORED_LATER = "stored, will send later"
     INSTALLER = "installer"
     IDENTIFY = "here I am"
@@ -95,6 +98,8 @@ class StateTimings:
     send_wait_s: float = 30.0
     help_after_failures: int = 3
     offline_help_s: float = 21600.0
+    #: how long a sent reading outside the plan's limits shows (issue 10, show_on_panel)
+    outside_plan_s: float = 600.0
 
 
 @dataclass(slots=True)
@@ -104,6 +109,7 @@ class _Latest:
     stored_at: float
     delivered_at: float | None = None
     deferred_at: float | None = None
+    show_flag: bool = False  # outside the care plan's limits, and the plan says to show it
 
 
 class PanelStateMachine:
@@ -138,9 +144,9 @@ class PanelStateMachine:
                 self.started = True
             case Identify(seconds=seconds):
                 self.identify_until = now + seconds if seconds > 0 else None
-            case ReadingStored(device_id=device, reading_id=rid, duplicate=False):
+            case ReadingStored(device_id=device, reading_id=rid, duplicate=False, show_flag=flag):
                 self.measuring = False
-                self.latest = _Latest(rid, device, now)
+                self.latest = _Latest(rid, device, now, show_flag=flag)
                 if not self.uplink_up:
                     self.latest.deferred_at = now
             case ReadingDelivered(reading_id=rid):
@@ -277,7 +283,7 @@ class PanelStateMachine:
             reasons.append("bluetooth adapter failing")
         return reasons
 
-    def _feedback(self, now: float) -> tuple[PanelState | None, float | None]:
+    def _feedback(self, now: float) -> tuple[PanelState | None, float | None]:  # noqa: PLR0911
         """The latest reading's state, and when it ends."""
         latest = self.latest
         if latest is None:
@@ -288,6 +294,10 @@ class PanelStateMachine:
             start = max(latest.delivered_at, got_it_end)
             if now < got_it_end:
                 return PanelState.GOT_IT, got_it_end
+            if latest.show_flag:
+                # Only once the care team has it: the message is "they will see this one".
+                end = start + t.outside_plan_s
+                return (PanelState.SENT_OUTSIDE_PLAN, end) if now < end else (None, None)
             end = start + t.sent_s
             return (PanelState.SENT, end) if now < end else (None, None)
         deferred_at = latest.deferred_at
