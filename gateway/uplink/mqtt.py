@@ -112,6 +112,14 @@ class _InFlight:
 
 
 @dataclass(slots=True)
+class _IdentityTrial:
+    """A new client key and certificate being tried (issue 14, `cert/install`)."""
+
+    rollback: Callable[[], None]
+    outcome: asyncio.Future[str | None]
+
+
+@dataclass(slots=True)
 class _Session:
     """One broker connection: its own paho client, its own in-flight map."""
 
@@ -125,6 +133,8 @@ class _Session:
     status_acked: asyncio.Event = field(default_factory=asyncio.Event)
     response_mids: dict[int, str] = field(default_factory=dict)  # mid -> topic (issue 10)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    #: ended on purpose (a new identity to try): not a loss the poison guard counts
+    retired: bool = False
 
     @property
     def unacknowledged(self) -> int:
@@ -213,6 +223,8 @@ class MqttUplink:
         self._inbox_worker: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         self.delivered_count = 0
+        self._trial: _IdentityTrial | None = None
+        self._retry_now = asyncio.Event()  # cuts a reconnect backoff short (a trial)
         # Issue 13: `[mqtt] payload` renders the stored payload at publish time.
         self._render = renderer_for(settings.payload, version=version)
 
@@ -259,6 +271,73 @@ class MqttUplink:
         session.response_mids[info.mid] = topic
         return True
 
+    async def try_identity(self, rollback: Callable[[], None], timeout_s: float) -> str | None:
+        """Reconnect at once with the client key and certificate now in their files.
+
+        Issue 14, `cert/install`: paho reads `cert_file` and `key_file` when each
+        connection's client is made, so the files replaced in place are what the
+        next connection uses. None when the broker accepted it (CONNACK success);
+        otherwise why not (TLS handshake refused, CONNACK refused, no answer within
+        the connect timeout): `rollback` has then put the old files back before
+        the uplink connects again, at once, with them. `timeout_s` bounds the wait
+        whatever happens (rolled back too if it runs out before an answer).
+        """
+        loop = asyncio.get_running_loop()
+        trial = _IdentityTrial(rollback, loop.create_future())
+        self._trial = trial
+        session = self._session
+        if session is not None:
+            session.retired = True
+            _settle(session.lost, "reconnecting with a new client certificate")
+        self._retry_now.set()
+        deadline = time.monotonic() + timeout_s
+        try:
+            why = await asyncio.wait_for(asyncio.shield(trial.outcome), timeout_s)
+            # The caller's answer can only go out on a connection: wait for the one
+            # that follows (with whichever identity), within the same bound.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.connected.wait(), deadline - time.monotonic())
+            return why
+        except TimeoutError:
+            if self._trial is trial:
+                self._trial = None
+                rollback()
+                return f"no answer from the broker within {timeout_s:.0f} s"
+            return await trial.outcome  # settled in the meantime
+        except asyncio.CancelledError:
+            # The hub is stopping: never leave an untried pair behind for the next start.
+            if self._trial is trial:
+                self._trial = None
+                rollback()
+            raise
+        finally:
+            if self._trial is trial and trial.outcome.done():
+                self._trial = None
+
+    async def _pause(self, delay: float) -> None:
+        """The reconnect backoff; an identity trial cuts it short."""
+        if self._trial is not None:
+            return
+        self._retry_now.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._retry_now.wait(), delay)
+
+    def _trial_failed(self, trial: _IdentityTrial | None, why: str) -> bool:
+        """A connect with the identity on trial failed: roll back; whether it was one."""
+        if trial is None or self._trial is not trial:
+            return False
+        self._trial = None
+        try:
+            trial.rollback()
+        except Exception as exc:
+            log.error("tls: rolling back to the old client certificate failed: %s", exc)
+        log.error(
+            "tls: the broker did not accept the new client certificate (%s); back to the old one",
+            why,
+        )
+        _settle(trial.outcome, why)
+        return True
+
     @property
     def held_back(self) -> int:
         """Readings set aside because the broker cannot take them (retried later)."""
@@ -268,9 +347,12 @@ class MqttUplink:
         """Connect, publish, reconnect with backoff; until cancelled or stopped."""
         backoff = Backoff(self._settings.reconnect_min_s, self._settings.reconnect_max_s)
         while not self._stopping:
+            trial = self._trial
             try:
                 session = await self._connect()
             except Exception as exc:  # any failure to connect is retried, never fatal
+                if self._trial_failed(trial, str(exc)):
+                    continue  # at once, with the old identity back in its files
                 delay = backoff.next_delay()
                 log.warning(
                     "mqtt: cannot connect to %s:%d (%s); retrying in %.1f s",
@@ -279,16 +361,26 @@ class MqttUplink:
                     exc,
                     delay,
                 )
-                await asyncio.sleep(delay)
+                await self._pause(delay)
                 continue
+            if trial is not None and self._trial is trial:
+                self._trial = None
+                log.info("tls: the broker accepted the new client certificate")
+                _settle(trial.outcome, None)
+            elif self._trial is not None:
+                # Asked for while this connection was being made with the old files.
+                session.retired = True
+                _settle(session.lost, "reconnecting with a new client certificate")
             reason = await self._serve(session)
             if self._stopping:
                 return
+            if self._trial is not None:
+                continue  # a new identity to try: at once
             if time.monotonic() - session.connected_at >= STABLE_CONNECTION_S:
                 backoff.reset()
             delay = backoff.next_delay()
             log.warning("mqtt: connection lost (%s); reconnecting in %.1f s", reason, delay)
-            await asyncio.sleep(delay)
+            await self._pause(delay)
 
     async def stop(self, grace_s: float = 2.0) -> None:
         """Stop publishing, wait up to `grace_s` for in-flight PUBACKs, go offline, close."""
@@ -564,7 +656,8 @@ class MqttUplink:
             raise
         await self._cancel_tasks(session)
         if not self._stopping:
-            self._after_loss(session)
+            if not session.retired:
+                self._after_loss(session)
             self._session = None
             self.connected.clear()
             # The readings that were in flight are still unsent in the store; they
