@@ -192,8 +192,13 @@ async def test_a_certificate_the_broker_refuses_is_rolled_back_and_the_hub_deliv
         pem = (await s.call("cert/csr"))["result"]["csr"]
         pending = pending_key_path(s.key).read_bytes()
         wrong = sign_with_openssl(csr_file(tmp_path, pem), other, tmp_path / "other.crt")
-        done = await s.call("cert/install", {"certificate": wrong.read_text()}, t=30)
+        correlation = s.backend.send("cert/install", {"certificate": wrong.read_text()})
+        done = await s.backend.response(correlation, 30)
         assert done["ok"], done
+        # The broker delivers the request again on the new connection (never acknowledged
+        # on the one the install ended): answered again, byte for byte, nothing applied.
+        first, again = await asyncio.to_thread(s.backend.wait_raw, correlation, 10, 2)
+        assert first == again
         result = done["result"]
         assert result["installed"] is False and result["rolled_back"] is True
         assert result["reason"]

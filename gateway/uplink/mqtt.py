@@ -89,6 +89,8 @@ DEFAULT_RECEIVE_MAXIMUM = 65535
 STATUS_DEBOUNCE_S = 1.0
 # Received messages handed to the inbox together, at most (see _take_inbound).
 INBOX_BATCH = 64
+# A message received before the session is served waits for it this long, at most.
+INBOX_SESSION_WAIT_S = 2.0
 # Deliveries (success PUBACKs) are written to the store in batches (issue 11, wear):
 # at the latest MARK_DELAY_S after the first one not yet written, at once when
 # MARK_BATCH are waiting, before each status document (so its `unsent` is exact)
@@ -890,6 +892,12 @@ class MqttUplink:
         """
         assert self._inbox is not None
         while self._inbound:
+            if not self.connected.is_set():
+                # Handed over between the CONNACK and _serve taking the session (the
+                # broker resends what was not acknowledged at once): a command's answer
+                # and the acknowledgement need that session (issue 14, cert/install).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.connected.wait(), INBOX_SESSION_WAIT_S)
             taken = [self._inbound.popleft() for _ in range(min(INBOX_BATCH, len(self._inbound)))]
             inbound = [_inbound_message(m, at) for _, m, at in taken]
             acknowledged = await self._inbox.dispatch_many(inbound)
