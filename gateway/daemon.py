@@ -27,6 +27,7 @@ from gateway.clockcheck import clock_problem
 from gateway.clocksync import SyncSource, SystemSync
 from gateway.commands import CommandChannel, CommandRegistry, RemoteDevices
 from gateway.commands.builtin import identify_command, status_command
+from gateway.commands.cert import CertCommands
 from gateway.commands.channel import MAX_ROUTE_BYTES
 from gateway.commands.registry import FieldError, FieldProblem
 from gateway.config import HubConfig
@@ -406,6 +407,17 @@ class Hub:
 
         self.commands.register("care-plan/get", self.care_plan.get_command)
         self.commands.register("care-plan/set", care_plan_set, mutates=True)
+
+        # Issue 14: renewal over the air, on the uplink running at the time.
+        cert = CertCommands(
+            self.config.gateway.id,
+            lambda: self.config.mqtt,
+            lambda: None if self.uplink is None else self.uplink.try_identity,
+            now=self.clock.now,
+            on_change=self._check_certificate,
+        )
+        cert.finish_interrupted()
+        cert.register(self.commands)
 
     def _uplink_ended(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or self._stop.is_set() or task is not self._uplink_task:

@@ -89,6 +89,8 @@ DEFAULT_RECEIVE_MAXIMUM = 65535
 STATUS_DEBOUNCE_S = 1.0
 # Received messages handed to the inbox together, at most (see _take_inbound).
 INBOX_BATCH = 64
+# A message received before the session is served waits for it this long, at most.
+INBOX_SESSION_WAIT_S = 2.0
 # Deliveries (success PUBACKs) are written to the store in batches (issue 11, wear):
 # at the latest MARK_DELAY_S after the first one not yet written, at once when
 # MARK_BATCH are waiting, before each status document (so its `unsent` is exact)
@@ -112,6 +114,14 @@ class _InFlight:
 
 
 @dataclass(slots=True)
+class _IdentityTrial:
+    """A new client key and certificate being tried (issue 14, `cert/install`)."""
+
+    rollback: Callable[[], None]
+    outcome: asyncio.Future[str | None]
+
+
+@dataclass(slots=True)
 class _Session:
     """One broker connection: its own paho client, its own in-flight map."""
 
@@ -125,6 +135,8 @@ class _Session:
     status_acked: asyncio.Event = field(default_factory=asyncio.Event)
     response_mids: dict[int, str] = field(default_factory=dict)  # mid -> topic (issue 10)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    #: ended on purpose (a new identity to try): not a loss the poison guard counts
+    retired: bool = False
 
     @property
     def unacknowledged(self) -> int:
@@ -213,6 +225,8 @@ class MqttUplink:
         self._inbox_worker: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         self.delivered_count = 0
+        self._trial: _IdentityTrial | None = None
+        self._retry_now = asyncio.Event()  # cuts a reconnect backoff short (a trial)
         # Issue 13: `[mqtt] payload` renders the stored payload at publish time.
         self._render = renderer_for(settings.payload, version=version)
 
@@ -259,6 +273,73 @@ class MqttUplink:
         session.response_mids[info.mid] = topic
         return True
 
+    async def try_identity(self, rollback: Callable[[], None], timeout_s: float) -> str | None:
+        """Reconnect at once with the client key and certificate now in their files.
+
+        Issue 14, `cert/install`: paho reads `cert_file` and `key_file` when each
+        connection's client is made, so the files replaced in place are what the
+        next connection uses. None when the broker accepted it (CONNACK success);
+        otherwise why not (TLS handshake refused, CONNACK refused, no answer within
+        the connect timeout): `rollback` has then put the old files back before
+        the uplink connects again, at once, with them. `timeout_s` bounds the wait
+        whatever happens (rolled back too if it runs out before an answer).
+        """
+        loop = asyncio.get_running_loop()
+        trial = _IdentityTrial(rollback, loop.create_future())
+        self._trial = trial
+        session = self._session
+        if session is not None:
+            session.retired = True
+            _settle(session.lost, "reconnecting with a new client certificate")
+        self._retry_now.set()
+        deadline = time.monotonic() + timeout_s
+        try:
+            why = await asyncio.wait_for(asyncio.shield(trial.outcome), timeout_s)
+            # The caller's answer can only go out on a connection: wait for the one
+            # that follows (with whichever identity), within the same bound.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.connected.wait(), deadline - time.monotonic())
+            return why
+        except TimeoutError:
+            if self._trial is trial:
+                self._trial = None
+                rollback()
+                return f"no answer from the broker within {timeout_s:.0f} s"
+            return await trial.outcome  # settled in the meantime
+        except asyncio.CancelledError:
+            # The hub is stopping: never leave an untried pair behind for the next start.
+            if self._trial is trial:
+                self._trial = None
+                rollback()
+            raise
+        finally:
+            if self._trial is trial and trial.outcome.done():
+                self._trial = None
+
+    async def _pause(self, delay: float) -> None:
+        """The reconnect backoff; an identity trial cuts it short."""
+        if self._trial is not None:
+            return
+        self._retry_now.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._retry_now.wait(), delay)
+
+    def _trial_failed(self, trial: _IdentityTrial | None, why: str) -> bool:
+        """A connect with the identity on trial failed: roll back; whether it was one."""
+        if trial is None or self._trial is not trial:
+            return False
+        self._trial = None
+        try:
+            trial.rollback()
+        except Exception as exc:
+            log.error("tls: rolling back to the old client certificate failed: %s", exc)
+        log.error(
+            "tls: the broker did not accept the new client certificate (%s); back to the old one",
+            why,
+        )
+        _settle(trial.outcome, why)
+        return True
+
     @property
     def held_back(self) -> int:
         """Readings set aside because the broker cannot take them (retried later)."""
@@ -268,9 +349,12 @@ class MqttUplink:
         """Connect, publish, reconnect with backoff; until cancelled or stopped."""
         backoff = Backoff(self._settings.reconnect_min_s, self._settings.reconnect_max_s)
         while not self._stopping:
+            trial = self._trial
             try:
                 session = await self._connect()
             except Exception as exc:  # any failure to connect is retried, never fatal
+                if self._trial_failed(trial, str(exc)):
+                    continue  # at once, with the old identity back in its files
                 delay = backoff.next_delay()
                 log.warning(
                     "mqtt: cannot connect to %s:%d (%s); retrying in %.1f s",
@@ -279,16 +363,26 @@ class MqttUplink:
                     exc,
                     delay,
                 )
-                await asyncio.sleep(delay)
+                await self._pause(delay)
                 continue
+            if trial is not None and self._trial is trial:
+                self._trial = None
+                log.info("tls: the broker accepted the new client certificate")
+                _settle(trial.outcome, None)
+            elif self._trial is not None:
+                # Asked for while this connection was being made with the old files.
+                session.retired = True
+                _settle(session.lost, "reconnecting with a new client certificate")
             reason = await self._serve(session)
             if self._stopping:
                 return
+            if self._trial is not None:
+                continue  # a new identity to try: at once
             if time.monotonic() - session.connected_at >= STABLE_CONNECTION_S:
                 backoff.reset()
             delay = backoff.next_delay()
             log.warning("mqtt: connection lost (%s); reconnecting in %.1f s", reason, delay)
-            await asyncio.sleep(delay)
+            await self._pause(delay)
 
     async def stop(self, grace_s: float = 2.0) -> None:
         """Stop publishing, wait up to `grace_s` for in-flight PUBACKs, go offline, close."""
@@ -564,7 +658,8 @@ class MqttUplink:
             raise
         await self._cancel_tasks(session)
         if not self._stopping:
-            self._after_loss(session)
+            if not session.retired:
+                self._after_loss(session)
             self._session = None
             self.connected.clear()
             # The readings that were in flight are still unsent in the store; they
@@ -797,6 +892,12 @@ class MqttUplink:
         """
         assert self._inbox is not None
         while self._inbound:
+            if not self.connected.is_set():
+                # Handed over between the CONNACK and _serve taking the session (the
+                # broker resends what was not acknowledged at once): a command's answer
+                # and the acknowledgement need that session (issue 14, cert/install).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.connected.wait(), INBOX_SESSION_WAIT_S)
             taken = [self._inbound.popleft() for _ in range(min(INBOX_BATCH, len(self._inbound)))]
             inbound = [_inbound_message(m, at) for _, m, at in taken]
             acknowledged = await self._inbox.dispatch_many(inbound)
