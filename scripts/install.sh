@@ -23,6 +23,17 @@ fi
 
 echo "install: virtualenv in $ROOT$PREFIX/venv"
 "$PYTHON" -m venv "$ROOT$PREFIX/venv"
+# cryptography (the hub's key, certificates and signatures) needs cffi >= 2, of which PyPI
+# has no armv7l wheel (32-bit Raspberry Pi OS; its piwheels index has one): without a wheel
+# pip builds cffi from source, which needs a C compiler and the headers. Install those only
+# then, so a 64-bit Pi (wheels for everything) stays without a compiler.
+probe="$(mktemp -d)"
+if ! "$ROOT$PREFIX/venv/bin/python" -m pip download -q --only-binary=:all: --no-deps \
+        -d "$probe" "cffi>=2" >/dev/null 2>&1; then
+    echo "install: no cffi wheel for this machine; installing gcc, libffi-dev, python3-dev to build it"
+    apt-get update -qq && apt-get install -y -qq gcc libffi-dev python3-dev
+fi
+rm -rf "$probe"
 # homehub-contract (contract/, the schemas shared with the backend) is not on PyPI: name it
 # in the same command so pip resolves homehub's dependency on it from here.
 "$ROOT$PREFIX/venv/bin/python" -m pip install -q ./contract .
