@@ -5,6 +5,7 @@ consent reads nothing and says so; a UDS scale without `consent_code` gets a sta
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 from gateway.config import validate_config
 from gateway.daemon import Hub
+from gateway.drivers.ble import uds as consent
 from gateway.drivers.ble.profiles import uds
 from gateway.drivers.registry import DriverRegistry
 from gateway.errors import ConfigError, DecodeError
@@ -183,4 +185,37 @@ async def test_a_uds_scale_that_needs_no_consent_is_read_without_a_code(
         assert hub.status.devices["scale"].last_error is None
     hints = [r for r in caplog.records if "uses the User Data Service" in r.getMessage()]
     assert [r.levelno for r in hints] == [logging.WARNING]
+    assert values(docs[0])["MDC_MASS_BODY_ACTUAL"] == (64.5, "kg")
+
+
+async def test_after_a_refusal_the_hub_holds_off_then_recovers(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    air: Air,
+    listener_factory: Callable[..., Listener],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A short hold-off (the real one is minutes), no cooldown: the gap between the two
+    # visits is the hold-off's.
+    monkeypatch.setattr(consent, "REFUSED_HOLD_OFF_S", 1.0)
+    monkeypatch.setattr(consent, "REFUSED_HOLD_OFF_MAX_S", 1.0)
+    listener = listener_factory(broker.port)
+    users = VirtualUds({1: 1111})
+    scale = await _scale(air, "C0:00:00:00:00:46", users)
+    device = {"id": "scale", "driver": "ble.weight_scale", "address": scale.address}
+    options = {"user_id": 1, "consent_code": CODE, "cooldown_s": 0.0}
+    async with running_hub(tmp_path, broker, air, [device | options]) as hub:
+        error = await _failing(hub, "scale")
+        # The user is registered again on the scale, now with the configured code.
+        users.consent_codes[1] = CODE
+        await asyncio.wait_for(users.consent_given.wait(), 10)
+        docs = await wait_readings(listener, 1)
+        assert hub.status.devices["scale"].last_error is None
+    assert error.startswith("the scale refused consent")
+    # Refused until the code matched (once, or more if the test ran late), then given;
+    # never sooner than the hold-off apart (a lower bound: load cannot make it flaky).
+    assert len(users.requests) >= 2 and set(users.requests) == {(1, CODE)}
+    times = users.request_times
+    # (0.95: asyncio may wake a timer within its clock resolution of the deadline)
+    assert min(b - a for a, b in itertools.pairwise(times)) >= 0.95
     assert values(docs[0])["MDC_MASS_BODY_ACTUAL"] == (64.5, "kg")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from bumble.device import Connection
@@ -37,6 +38,8 @@ class VirtualUds:
         self.requires_consent = requires_consent
         #: (user index, code) of every Consent request, for tests
         self.requests: list[tuple[int, int]] = []
+        #: when each Consent request came (time.monotonic())
+        self.request_times: list[float] = []
         #: the user consent was given for, per connection
         self.consented: dict[Connection, int] = {}
         #: set on every successful consent
@@ -90,6 +93,7 @@ class VirtualUds:
             return uds.ResponseValue.INVALID_PARAMETER
         index, code = param[0], int.from_bytes(param[1:], "little")
         self.requests.append((index, code))
+        self.request_times.append(time.monotonic())
         if code > uds.CONSENT_CODE_MAX:
             return uds.ResponseValue.INVALID_PARAMETER
         if self.consent_codes.get(index) != code:
