@@ -21,7 +21,7 @@ from gateway.drivers.registry import DriverRegistry
 from gateway.errors import ConfigError, DecodeError
 from gateway.events import DeviceFailing
 from gateway.sim.ble import encode
-from gateway.sim.ble.profiles import WeightScale
+from gateway.sim.ble.profiles import BloodPressureMonitor, WeightScale
 from gateway.sim.ble.uds import VirtualUds
 from gateway.sim.broker import MosquittoBroker
 from tests.ble.conftest import Air
@@ -219,3 +219,27 @@ async def test_after_a_refusal_the_hub_holds_off_then_recovers(
     # (0.95: asyncio may wake a timer within its clock resolution of the deadline)
     assert min(b - a for a, b in itertools.pairwise(times)) >= 0.95
     assert values(docs[0])["MDC_MASS_BODY_ACTUAL"] == (64.5, "kg")
+
+
+async def test_a_shared_cuff_with_uds_gives_only_its_users_readings(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    air: Air,
+    listener_factory: Callable[..., Listener],
+) -> None:
+    # The cuff (BLS with UDS) takes consent for user 2, the patient; it still sends user 1's
+    # record too, which the user_id filter counts and skips.
+    listener = listener_factory(broker.port)
+    users = VirtualUds({1: 1111, 2: CODE})
+    cuff = BloodPressureMonitor(air.air, "C0:00:00:00:00:47", "BP", uds=users)
+    await cuff.start()
+    await cuff.measure(encode.blood_pressure(150, 95, 113, when=WHEN.replace(hour=7), user=1))
+    await cuff.measure(encode.blood_pressure(121, 79, 93, when=WHEN.replace(hour=8), user=2))
+    device = {"id": "bp", "driver": "ble.blood_pressure", "address": cuff.address}
+    async with running_hub(
+        tmp_path, broker, air, [device | {"user_id": 2, "consent_code": CODE}]
+    ) as hub:
+        docs = await wait_readings(listener, 1)
+        assert hub.status.devices["bp"].counts == {"skipped_other_user": 1}
+    assert users.requests == [(2, CODE)]
+    assert [values(d)["MDC_PRESS_BLD_NONINV_SYS"] for d in docs] == [(121.0, "mm[Hg]")]
