@@ -10,14 +10,18 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, ClassVar
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 if TYPE_CHECKING:
     from bleak import BleakClient
+    from bleak.backends.device import BLEDevice
 
 from gateway import mdc
+from gateway.drivers.base import DriverContext, DriverOptions
 from gateway.drivers.ble.base import BleDriver, BleOptions, next_item
 from gateway.drivers.ble.profiles import blood_pressure, plx, temperature, weight
+from gateway.drivers.ble.runtime import BleRuntime
+from gateway.drivers.ble.uds import UdsConsent
 from gateway.errors import DecodeError
 from gateway.mdc import MdcCode, Ucum
 from gateway.reading import Kind, Reading, Value
@@ -37,15 +41,50 @@ class SharedDeviceOptions(StoredOptions):
         description="Shared cuff or scale: keep only this user's records (the User ID the "
         "device sends, GSS 0x2A35/0x2A9D); others' are counted and skipped. Not set: all.",
     )
+    consent_code: int | None = Field(
+        default=None,
+        ge=0,
+        le=9999,
+        description="A device with the User Data Service that asks for consent: user "
+        "`user_id`'s Consent Code (0..9999, set when the user was registered on it).",
+    )
+
+    @field_validator("consent_code")
+    @classmethod
+    def _consent_is_for_a_user(cls, code: int | None, info: ValidationInfo) -> int | None:
+        # UDS 1.0 Consent takes a User Index and its code: the code alone means nothing.
+        # A field validator (user_id is validated before), so the error names this field.
+        if code is not None and info.data.get("user_id") is None:
+            raise ValueError("consent_code is for one user: set user_id (its user index) too")
+        return code
 
 
 class StoredRecordsDriver(BleDriver):
     Options = StoredOptions
     measurement_uuid: ClassVar[str]
+    #: what the installer's messages call the device
+    noun: ClassVar[str] = "device"
+
+    def __init__(self, options: DriverOptions, context: DriverContext) -> None:
+        super().__init__(options, context)
+        #: multi-user devices' User Data Service consent (issue 12); see uds.py
+        self.uds: UdsConsent | None = None
+        if isinstance(options, SharedDeviceOptions):
+            self.uds = UdsConsent(context, self.noun, options.user_id, options.consent_code)
+
+    async def _visit(self, runtime: BleRuntime, device: BLEDevice) -> bool:
+        complete = await super()._visit(runtime, device)
+        # After a refused consent, disconnected: the next visit waits (a backoff),
+        # however often the device advertises its records.
+        if self.uds is not None and (delay := self.uds.hold_off_s()) > 0:
+            await asyncio.sleep(delay)
+        return complete
 
     async def session(self, client: BleakClient, disconnected: asyncio.Event) -> bool:
         options = self.options
         assert isinstance(options, StoredOptions)
+        if self.uds is not None and not await self.uds.before_reading(client, disconnected):
+            return True  # no consent: nothing is read, the records stay on the device
         queue: asyncio.Queue[bytes] = asyncio.Queue()
         await client.start_notify(
             self.measurement_uuid, lambda _c, data: queue.put_nowait(bytes(data))
@@ -88,6 +127,7 @@ class BloodPressureDriver(StoredRecordsDriver):
 
     Options = SharedDeviceOptions
     measurement_uuid = blood_pressure.MEASUREMENT_UUID
+    noun = "cuff"
 
     def reading(self, data: bytes) -> Reading | None:
         m = blood_pressure.decode_measurement(data)
@@ -153,6 +193,7 @@ class WeightScaleDriver(StoredRecordsDriver):
 
     Options = SharedDeviceOptions
     measurement_uuid = weight.MEASUREMENT_UUID
+    noun = "scale"
 
     def reading(self, data: bytes) -> Reading | None:
         m = weight.decode_measurement(data)

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bumble.controller import Controller
 from bumble.core import UUID, AdvertisingData
@@ -31,6 +31,9 @@ from gateway.drivers.ble.profiles.date_time import (
 )
 from gateway.errors import DecodeError
 from gateway.sim.ble.air import VirtualAir
+
+if TYPE_CHECKING:
+    from gateway.sim.ble.uds import VirtualUds
 
 log = logging.getLogger(__name__)
 
@@ -219,12 +222,18 @@ class StoredRecordsPeripheral(VirtualPeripheral):
     Each queued record is indicated once the client subscribes; it leaves the
     queue only when the client confirmed the indication. Then the device waits
     `linger_s` and drops the link, like the real ones.
+
+    `uds`: a multi-user device's User Data Service; when it requires consent,
+    records are sent only on a connection where the client gave it.
     """
 
     measurement_uuid: str = ""
     linger_s = 0.05
 
-    def __init__(self, air: VirtualAir, address: str, name: str) -> None:
+    def __init__(
+        self, air: VirtualAir, address: str, name: str, *, uds: VirtualUds | None = None
+    ) -> None:
+        self.uds = uds
         self.pending: list[bytes] = []
         self.delivered: list[bytes] = []
         self.measurement = Characteristic(
@@ -240,11 +249,19 @@ class StoredRecordsPeripheral(VirtualPeripheral):
         return []
 
     def services(self) -> Sequence[Service]:
-        return [
+        services = [
             Service(
                 short_uuid(self.service_uuid), [self.measurement, *self.extra_characteristics()]
             )
         ]
+        if self.uds is not None:
+            services.append(self.uds.service(self))
+        return services
+
+    def _on_disconnection(self) -> None:
+        if self.uds is not None and self.connection is not None:
+            self.uds.forget(self.connection)
+        super()._on_disconnection()
 
     def has_data(self) -> bool:
         return bool(self.pending)
@@ -259,7 +276,8 @@ class StoredRecordsPeripheral(VirtualPeripheral):
     ) -> None:
         if characteristic is not self.measurement:
             return
-        while self.pending and self.connection is connection:
+        allowed = self.uds is None or self.uds.may_send(connection)
+        while allowed and self.pending and self.connection is connection:
             record = self.pending[0]
             await self.device.indicate_subscriber(connection, self.measurement, record)
             self.pending.pop(0)
