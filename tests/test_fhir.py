@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from gateway.events import EventBus
 from gateway.mdc import MdcCode, Ucum
 from gateway.reading import Kind, Reading, Value, reading_id
 from gateway.sim.broker import MosquittoBroker
-from gateway.uplink import fhir_codes
+from gateway.uplink import fhir, fhir_codes
 from gateway.uplink.fhir import reading_bundle, render_fhir
 from gateway.uplink.mqtt import _publish_properties, _publish_size, _render
 from gateway.uplink.payload import encode_reading
@@ -349,13 +350,69 @@ def test_every_status_flag_maps_to_the_ig(kind: Kind) -> None:
                 assert code["code"].startswith(b["code"]["coding"][0]["code"] + ".")
 
 
+def _renders_as_the_reference(payload: bytes) -> None:
+    doc = json.loads(payload)
+    # A template exists for the shape (else render_fhir encodes the reference whole).
+    assert fhir._template(fhir._shape(doc), "0.1.0") is not None
+    reference = reading_bundle(doc, version="0.1.0")
+    assert json.loads(render_fhir(payload, version="0.1.0")) == reference
+
+
 @pytest.mark.parametrize("kind", list(EVERY_FLAG), ids=lambda k: k.value)
 def test_the_fast_render_is_the_reference_bundle(kind: Kind) -> None:
-    """render_fhir splices cached JSON; it must say exactly what reading_bundle builds."""
+    """render_fhir fills a per-shape template; it must say exactly what reading_bundle
+    builds, for every reading of the shape (the template is cached from the first)."""
+    nulls = [(c, None, u) for c, _, u in EVERY_KIND[kind]]
     for flags in [(), tuple(sorted(EVERY_FLAG[kind])), ("testing_data", "device_clock_ahead")]:
-        payload = stored(reading(kind, EVERY_KIND[kind], flags))
-        reference = reading_bundle(json.loads(payload), version="0.1.0")
-        assert json.loads(render_fhir(payload, version="0.1.0")) == reference
+        for source in ("device", "hub"):
+            for values in (EVERY_KIND[kind], nulls[:1] + EVERY_KIND[kind][1:]):
+                r = reading(kind, values, flags, source=source)
+                _renders_as_the_reference(stored(r))
+                # Same shape, other id, time, numbers (an int too) and quality.
+                other = r.model_copy(
+                    update={
+                        "source_key": "rec-2",
+                        "measured_at": WHEN + timedelta(seconds=1, microseconds=7),
+                        "values": tuple(
+                            v.model_copy(update={"value": None if v.value is None else i + 0.1 * i})
+                            for i, v in enumerate(r.values)
+                        ),
+                    }
+                )
+                _renders_as_the_reference(stored(other))
+        _renders_as_the_reference(stored(reading(kind, nulls, flags)))
+
+
+def test_the_template_fills_any_id_time_and_number_exactly() -> None:
+    """Escaping and number spelling as json.dumps, and a fullUrl of each reading's own."""
+    base = json.loads(stored(reading(Kind.BLOOD_PRESSURE, BP, ("body_movement",))))
+    first = render_fhir(json.dumps(base).encode(), version="1")
+    doc = dict(base, id='id "quoted" \\ é', measured_at="2026-11-22T09:14:03.5+01:00")
+    doc["values"] = [
+        dict(v, value=n) for v, n in zip(base["values"], [120, 1e-07, 3e20, -0.0], strict=True)
+    ]
+    payload = json.dumps(doc).encode()
+    assert json.loads(render_fhir(payload, version="1")) == reading_bundle(doc, version="1")
+    urls = [
+        json.loads(b)["entry"][2]["fullUrl"] for b in (first, render_fhir(payload, version="1"))
+    ]
+    assert urls[0] != urls[1]
+    with pytest.raises(ValueError):  # never a non-finite number on the wire
+        render_fhir(payload.replace(b"120", b"NaN"), version="1")
+
+
+def test_a_shape_holding_the_placeholder_mark_is_rendered_whole() -> None:
+    doc = json.loads(stored(reading(Kind.TEMPERATURE, [(mdc.TEMP_BODY, 36.9, "Cel")])))
+    doc["device"]["id"] = "dev\ue000t\ue000"
+    assert fhir._template(fhir._shape(doc), "1") is None
+    payload = json.dumps(doc).encode()
+    assert json.loads(render_fhir(payload, version="1")) == reading_bundle(doc, version="1")
+
+
+def test_full_urls_are_rfc_4122_name_based_uuids() -> None:
+    for parts in [("obs", "abc", "0"), ("cts", "x" * 40), ("phd", "g", "d", "simulated")]:
+        expected = uuid.uuid5(fhir._FULL_URL_NAMESPACE, "/".join(parts))
+        assert fhir._urn(*parts) == f"urn:uuid:{expected}"
 
 
 @pytest.mark.parametrize("quality", ["synced", "unsynced", "unknown"])
