@@ -18,6 +18,8 @@ import paho.mqtt.client as paho
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from gateway import mdc
 from gateway.drivers.ble.profiles import blood_pressure, glucose, nonin, plx
@@ -494,6 +496,11 @@ def test_the_native_payload_is_untouched_and_fhir_has_its_content_type() -> None
     assert properties is not None
     assert properties.ContentType == "application/fhir+json"
     assert properties.PayloadFormatIndicator == 1
+    # Packed once (paho packs on every publish), to the bytes paho's own packing gives.
+    fresh = Properties(PacketTypes.PUBLISH)
+    fresh.PayloadFormatIndicator = 1
+    fresh.ContentType = "application/fhir+json"
+    assert properties.pack() == fresh.pack()
     # The Maximum Packet Size check counts the properties (MQTT 5 §3.3.2.3).
     assert (
         _publish_size("t", b"x", properties)
