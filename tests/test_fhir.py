@@ -85,14 +85,18 @@ def reading(
     )
 
 
-def stored(r: Reading) -> bytes:
+def stored(r: Reading, flags: tuple[str, ...] = ()) -> bytes:
     return encode_reading(
-        r, reading_id=reading_id("hub-test", r), gateway_id="hub-test", received_at=RECEIVED
+        r,
+        reading_id=reading_id("hub-test", r),
+        gateway_id="hub-test",
+        received_at=RECEIVED,
+        flags=flags,
     )
 
 
-def bundle_of(r: Reading) -> dict[str, Any]:
-    out = render_fhir(stored(r), version="0.1.0")
+def bundle_of(r: Reading, flags: tuple[str, ...] = ()) -> dict[str, Any]:
+    out = render_fhir(stored(r, flags), version="0.1.0")
     Bundle.model_validate_json(out)  # FHIR structure: raises on any error
     doc: dict[str, Any] = json.loads(out)
     return doc
@@ -438,6 +442,59 @@ def test_the_hubs_clock_state_is_in_its_device_and_a_note(quality: str) -> None:
     payload = stored(r)
     reference = reading_bundle(json.loads(payload), version="0.1.0")
     assert json.loads(render_fhir(payload, version="0.1.0")) == reference
+
+
+INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+
+
+def plan_codes(element: dict[str, Any]) -> list[str]:
+    return [
+        c["code"]
+        for concept in element.get("interpretation", [])
+        for c in concept["coding"]
+        if c["system"] == INTERPRETATION
+    ]
+
+
+def test_care_plan_flags_are_interpretations_of_the_value_they_name() -> None:
+    """above/below: H/L (v3-ObservationInterpretation) on the Observation, or the
+    compound's component, of that MDC code; weight_gain: U on the body weight."""
+    flags = ("above:150021", "below:149546")  # systolic (a component), pulse (its own)
+    bundle = bundle_of(reading(Kind.BLOOD_PRESSURE, BP), flags)
+    (compound,) = observations(bundle, COMPOUND)
+    assert [plan_codes(c) for c in compound["component"]] == [["H"], [], []]
+    assert "interpretation" not in compound
+    (pulse,) = observations(bundle, NUMERIC)
+    assert plan_codes(pulse) == ["L"]
+    assert pulse["interpretation"][0]["text"] == "below the care plan's threshold"
+    weight = [(mdc.MASS_BODY_ACTUAL, 84.0, Ucum.KG), (mdc.LEN_BODY_ACTUAL, 1.8, Ucum.M)]
+    mass, length = observations(
+        bundle_of(reading(Kind.WEIGHT, weight), ("weight_gain", "above:188736"))
+    )
+    assert plan_codes(mass) == ["U", "H"] and plan_codes(length) == []
+    # After the Measurement-Status interpretations, which keep their own system.
+    spo2 = [(mdc.PULS_OXIM_SAT_O2, 86.0, Ucum.PERCENT)]
+    (ox,) = observations(
+        bundle_of(
+            reading(Kind.PULSE_OXIMETER, spo2, ("questionable_measurement",)), ("below:150456",)
+        )
+    )
+    assert [c["coding"][0]["code"] for c in ox["interpretation"]] == ["questionable", "L"]
+    # A flag naming no value here, or newer than this mapping: a note, never dropped.
+    (temp,) = observations(
+        bundle_of(reading(Kind.TEMPERATURE, [(mdc.TEMP_BODY, 38.9, "Cel")]), ("above:1", "new"))
+    )
+    assert "interpretation" not in temp
+    assert [n["text"] for n in temp["note"]] == ["care plan flag: above:1", "care plan flag: new"]
+
+
+@pytest.mark.parametrize(
+    "flags", [("above:150021", "below:150022", "above:149546"), ("weight_gain",), ("x",)]
+)
+def test_a_flagged_reading_renders_as_the_reference(flags: tuple[str, ...]) -> None:
+    for kind in (Kind.BLOOD_PRESSURE, Kind.WEIGHT):
+        for status in ((), tuple(sorted(EVERY_FLAG[kind]))):
+            _renders_as_the_reference(stored(reading(kind, EVERY_KIND[kind], status), flags))
 
 
 def test_a_flag_newer_than_the_mapping_is_kept_in_a_note() -> None:

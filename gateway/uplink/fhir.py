@@ -122,6 +122,11 @@ class _Reading:
         self.notes: list[str] = []
         for flag in doc.get("status", ()):
             self._classify(flag)
+        # The care plan's flags: interpretations of the value they name (fhir_codes).
+        self.plan: dict[int, list[Json]] = {}
+        numbers = {v["mdc"] for v in doc["values"] if v["value"] is not None}
+        for flag in doc.get("flags", ()):
+            self._plan_flag(flag, numbers)
         if doc.get("measured_at_quality") == "unsynced" and doc.get("measured_at_source") == "hub":
             # Issue 13: the gateway stamped it with a clock not yet synchronised.
             self.notes.append(fc.UNSYNCED_NOTE)
@@ -145,6 +150,26 @@ class _Reading:
         else:
             # A flag newer than this mapping: said, never silently dropped.
             self.notes.append(f"device status flag: {flag}")
+
+    def _plan_flag(self, flag: str, numbers: set[int]) -> None:
+        side, _, number = flag.partition(":")
+        meaning = None
+        if side in fc.PLAN_THRESHOLD and number.isdigit() and int(number) in numbers:
+            target, meaning = int(number), fc.PLAN_THRESHOLD[side]
+        elif flag == fc.WEIGHT_GAIN_FLAG and fc.WEIGHT_GAIN_MDC in numbers:
+            target, meaning = fc.WEIGHT_GAIN_MDC, fc.WEIGHT_GAIN
+        if meaning is None:
+            # Newer than this mapping, or naming no value here: said, never dropped.
+            self.notes.append(f"care plan flag: {flag}")
+            return
+        code, text = meaning
+        concept = {"coding": [_coding(fc.INTERPRETATION_SYSTEM, code.code, code.display)]}
+        concepts = self.plan.setdefault(target, [])
+        if concept | {"text": text} not in concepts:
+            concepts.append(concept | {"text": text})
+
+    def plan_interpretations(self, value: Json) -> list[Json]:
+        return self.plan.get(value["mdc"], []) if value["value"] is not None else []
 
     # -- the Observations' common parts ------------------------------------------------
 
@@ -275,6 +300,8 @@ def _numeric(r: _Reading, value: Json, identifier: str) -> Json:
     )
     r.add_conditions(obs)
     reason = r.data_absent
+    if reason is None and (plan := r.plan_interpretations(value)):
+        obs["interpretation"] = obs.get("interpretation", []) + plan
     if reason is None and value["value"] is not None:
         obs["valueQuantity"] = _quantity(value["value"], value["unit"])
     else:
@@ -303,6 +330,8 @@ def _compound_bp(r: _Reading, parts: list[Json], identifier: str) -> Json:
             component["dataAbsentReason"] = _absent(fc.NULL_VALUE_REASON)
         else:
             component["valueQuantity"] = _quantity(value["value"], value["unit"])
+        if plan := r.plan_interpretations(value):
+            component["interpretation"] = plan
         components.append(component)
     obs["component"] = components
     return obs
@@ -512,7 +541,17 @@ _MARK = "\ue000"
 _MARK_JSON = _string(_MARK)[1:-1]
 
 _ValueShape = tuple[int, str, str, bool]  # mdc, code (its name), unit, value is null
-_Shape = tuple[str, str, str, str, str | None, str | None, tuple[str, ...], tuple[_ValueShape, ...]]
+_Shape = tuple[
+    str,
+    str,
+    str,
+    str,
+    str | None,
+    str | None,
+    tuple[str, ...],
+    tuple[_ValueShape, ...],
+    tuple[str, ...],
+]
 
 
 def _shape(doc: Json) -> _Shape:
@@ -526,6 +565,7 @@ def _shape(doc: Json) -> _Shape:
         doc.get("measured_at_quality"),
         tuple(doc.get("status", ())),
         tuple((v["mdc"], v["code"], v["unit"], v["value"] is None) for v in doc["values"]),
+        tuple(doc.get("flags", ())),
     )
 
 
@@ -535,8 +575,9 @@ def _placeholder(name: str) -> str:
 
 def _template_doc(shape: _Shape, reading_id: str) -> Json:
     """A native document of this shape, its variable parts placeholders."""
-    gateway, device_id, driver, kind, source, quality, status, values = shape
+    gateway, device_id, driver, kind, source, quality, status, values, flags = shape
     return {
+        "flags": list(flags),
         "id": reading_id,
         "gateway": gateway,
         "kind": kind,
@@ -610,8 +651,8 @@ def _template(shape: _Shape, version: str) -> _Template | None:
     """The shape's template, or None (render it whole) when the shape is unsafe to cut:
     a constant part holding the mark, or a variable part the cut missed (checked by
     building it for two reading ids: they must give the same template)."""
-    gateway, device_id, driver, kind, source, quality, status, values = shape
-    constants = [gateway, device_id, driver, kind, source or "", quality or "", *status]
+    gateway, device_id, driver, kind, source, quality, status, values, flags = shape
+    constants = [gateway, device_id, driver, kind, source or "", quality or "", *status, *flags]
     constants += [f"{code}{unit}" for _, code, unit, _ in values]
     if any(_MARK in c for c in constants):
         return None
