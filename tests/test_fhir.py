@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ import paho.mqtt.client as paho
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from gateway import mdc
 from gateway.drivers.ble.profiles import blood_pressure, glucose, nonin, plx
@@ -24,7 +27,7 @@ from gateway.events import EventBus
 from gateway.mdc import MdcCode, Ucum
 from gateway.reading import Kind, Reading, Value, reading_id
 from gateway.sim.broker import MosquittoBroker
-from gateway.uplink import fhir_codes
+from gateway.uplink import fhir, fhir_codes
 from gateway.uplink.fhir import reading_bundle, render_fhir
 from gateway.uplink.mqtt import _publish_properties, _publish_size, _render
 from gateway.uplink.payload import encode_reading
@@ -82,14 +85,18 @@ def reading(
     )
 
 
-def stored(r: Reading) -> bytes:
+def stored(r: Reading, flags: tuple[str, ...] = ()) -> bytes:
     return encode_reading(
-        r, reading_id=reading_id("hub-test", r), gateway_id="hub-test", received_at=RECEIVED
+        r,
+        reading_id=reading_id("hub-test", r),
+        gateway_id="hub-test",
+        received_at=RECEIVED,
+        flags=flags,
     )
 
 
-def bundle_of(r: Reading) -> dict[str, Any]:
-    out = render_fhir(stored(r), version="0.1.0")
+def bundle_of(r: Reading, flags: tuple[str, ...] = ()) -> dict[str, Any]:
+    out = render_fhir(stored(r, flags), version="0.1.0")
     Bundle.model_validate_json(out)  # FHIR structure: raises on any error
     doc: dict[str, Any] = json.loads(out)
     return doc
@@ -349,13 +356,69 @@ def test_every_status_flag_maps_to_the_ig(kind: Kind) -> None:
                 assert code["code"].startswith(b["code"]["coding"][0]["code"] + ".")
 
 
+def _renders_as_the_reference(payload: bytes) -> None:
+    doc = json.loads(payload)
+    # A template exists for the shape (else render_fhir encodes the reference whole).
+    assert fhir._template(fhir._shape(doc), "0.1.0") is not None
+    reference = reading_bundle(doc, version="0.1.0")
+    assert json.loads(render_fhir(payload, version="0.1.0")) == reference
+
+
 @pytest.mark.parametrize("kind", list(EVERY_FLAG), ids=lambda k: k.value)
 def test_the_fast_render_is_the_reference_bundle(kind: Kind) -> None:
-    """render_fhir splices cached JSON; it must say exactly what reading_bundle builds."""
+    """render_fhir fills a per-shape template; it must say exactly what reading_bundle
+    builds, for every reading of the shape (the template is cached from the first)."""
+    nulls = [(c, None, u) for c, _, u in EVERY_KIND[kind]]
     for flags in [(), tuple(sorted(EVERY_FLAG[kind])), ("testing_data", "device_clock_ahead")]:
-        payload = stored(reading(kind, EVERY_KIND[kind], flags))
-        reference = reading_bundle(json.loads(payload), version="0.1.0")
-        assert json.loads(render_fhir(payload, version="0.1.0")) == reference
+        for source in ("device", "hub"):
+            for values in (EVERY_KIND[kind], nulls[:1] + EVERY_KIND[kind][1:]):
+                r = reading(kind, values, flags, source=source)
+                _renders_as_the_reference(stored(r))
+                # Same shape, other id, time, numbers (an int too) and quality.
+                other = r.model_copy(
+                    update={
+                        "source_key": "rec-2",
+                        "measured_at": WHEN + timedelta(seconds=1, microseconds=7),
+                        "values": tuple(
+                            v.model_copy(update={"value": None if v.value is None else i + 0.1 * i})
+                            for i, v in enumerate(r.values)
+                        ),
+                    }
+                )
+                _renders_as_the_reference(stored(other))
+        _renders_as_the_reference(stored(reading(kind, nulls, flags)))
+
+
+def test_the_template_fills_any_id_time_and_number_exactly() -> None:
+    """Escaping and number spelling as json.dumps, and a fullUrl of each reading's own."""
+    base = json.loads(stored(reading(Kind.BLOOD_PRESSURE, BP, ("body_movement",))))
+    first = render_fhir(json.dumps(base).encode(), version="1")
+    doc = dict(base, id='id "quoted" \\ é', measured_at="2026-11-22T09:14:03.5+01:00")
+    doc["values"] = [
+        dict(v, value=n) for v, n in zip(base["values"], [120, 1e-07, 3e20, -0.0], strict=True)
+    ]
+    payload = json.dumps(doc).encode()
+    assert json.loads(render_fhir(payload, version="1")) == reading_bundle(doc, version="1")
+    urls = [
+        json.loads(b)["entry"][2]["fullUrl"] for b in (first, render_fhir(payload, version="1"))
+    ]
+    assert urls[0] != urls[1]
+    with pytest.raises(ValueError):  # never a non-finite number on the wire
+        render_fhir(payload.replace(b"120", b"NaN"), version="1")
+
+
+def test_a_shape_holding_the_placeholder_mark_is_rendered_whole() -> None:
+    doc = json.loads(stored(reading(Kind.TEMPERATURE, [(mdc.TEMP_BODY, 36.9, "Cel")])))
+    doc["device"]["id"] = "dev\ue000t\ue000"
+    assert fhir._template(fhir._shape(doc), "1") is None
+    payload = json.dumps(doc).encode()
+    assert json.loads(render_fhir(payload, version="1")) == reading_bundle(doc, version="1")
+
+
+def test_full_urls_are_rfc_4122_name_based_uuids() -> None:
+    for parts in [("obs", "abc", "0"), ("cts", "x" * 40), ("phd", "g", "d", "simulated")]:
+        expected = uuid.uuid5(fhir._FULL_URL_NAMESPACE, "/".join(parts))
+        assert fhir._urn(*parts) == f"urn:uuid:{expected}"
 
 
 @pytest.mark.parametrize("quality", ["synced", "unsynced", "unknown"])
@@ -379,6 +442,59 @@ def test_the_hubs_clock_state_is_in_its_device_and_a_note(quality: str) -> None:
     payload = stored(r)
     reference = reading_bundle(json.loads(payload), version="0.1.0")
     assert json.loads(render_fhir(payload, version="0.1.0")) == reference
+
+
+INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+
+
+def plan_codes(element: dict[str, Any]) -> list[str]:
+    return [
+        c["code"]
+        for concept in element.get("interpretation", [])
+        for c in concept["coding"]
+        if c["system"] == INTERPRETATION
+    ]
+
+
+def test_care_plan_flags_are_interpretations_of_the_value_they_name() -> None:
+    """above/below: H/L (v3-ObservationInterpretation) on the Observation, or the
+    compound's component, of that MDC code; weight_gain: U on the body weight."""
+    flags = ("above:150021", "below:149546")  # systolic (a component), pulse (its own)
+    bundle = bundle_of(reading(Kind.BLOOD_PRESSURE, BP), flags)
+    (compound,) = observations(bundle, COMPOUND)
+    assert [plan_codes(c) for c in compound["component"]] == [["H"], [], []]
+    assert "interpretation" not in compound
+    (pulse,) = observations(bundle, NUMERIC)
+    assert plan_codes(pulse) == ["L"]
+    assert pulse["interpretation"][0]["text"] == "below the care plan's threshold"
+    weight = [(mdc.MASS_BODY_ACTUAL, 84.0, Ucum.KG), (mdc.LEN_BODY_ACTUAL, 1.8, Ucum.M)]
+    mass, length = observations(
+        bundle_of(reading(Kind.WEIGHT, weight), ("weight_gain", "above:188736"))
+    )
+    assert plan_codes(mass) == ["U", "H"] and plan_codes(length) == []
+    # After the Measurement-Status interpretations, which keep their own system.
+    spo2 = [(mdc.PULS_OXIM_SAT_O2, 86.0, Ucum.PERCENT)]
+    (ox,) = observations(
+        bundle_of(
+            reading(Kind.PULSE_OXIMETER, spo2, ("questionable_measurement",)), ("below:150456",)
+        )
+    )
+    assert [c["coding"][0]["code"] for c in ox["interpretation"]] == ["questionable", "L"]
+    # A flag naming no value here, or newer than this mapping: a note, never dropped.
+    (temp,) = observations(
+        bundle_of(reading(Kind.TEMPERATURE, [(mdc.TEMP_BODY, 38.9, "Cel")]), ("above:1", "new"))
+    )
+    assert "interpretation" not in temp
+    assert [n["text"] for n in temp["note"]] == ["care plan flag: above:1", "care plan flag: new"]
+
+
+@pytest.mark.parametrize(
+    "flags", [("above:150021", "below:150022", "above:149546"), ("weight_gain",), ("x",)]
+)
+def test_a_flagged_reading_renders_as_the_reference(flags: tuple[str, ...]) -> None:
+    for kind in (Kind.BLOOD_PRESSURE, Kind.WEIGHT):
+        for status in ((), tuple(sorted(EVERY_FLAG[kind]))):
+            _renders_as_the_reference(stored(reading(kind, EVERY_KIND[kind], status), flags))
 
 
 def test_a_flag_newer_than_the_mapping_is_kept_in_a_note() -> None:
@@ -437,6 +553,11 @@ def test_the_native_payload_is_untouched_and_fhir_has_its_content_type() -> None
     assert properties is not None
     assert properties.ContentType == "application/fhir+json"
     assert properties.PayloadFormatIndicator == 1
+    # Packed once (paho packs on every publish), to the bytes paho's own packing gives.
+    fresh = Properties(PacketTypes.PUBLISH)
+    fresh.PayloadFormatIndicator = 1
+    fresh.ContentType = "application/fhir+json"
+    assert properties.pack() == fresh.pack()
     # The Maximum Packet Size check counts the properties (MQTT 5 §3.3.2.3).
     assert (
         _publish_size("t", b"x", properties)

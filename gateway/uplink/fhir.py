@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import string
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -121,6 +122,11 @@ class _Reading:
         self.notes: list[str] = []
         for flag in doc.get("status", ()):
             self._classify(flag)
+        # The care plan's flags: interpretations of the value they name (fhir_codes).
+        self.plan: dict[int, list[Json]] = {}
+        numbers = {v["mdc"] for v in doc["values"] if v["value"] is not None}
+        for flag in doc.get("flags", ()):
+            self._plan_flag(flag, numbers)
         if doc.get("measured_at_quality") == "unsynced" and doc.get("measured_at_source") == "hub":
             # Issue 13: the gateway stamped it with a clock not yet synchronised.
             self.notes.append(fc.UNSYNCED_NOTE)
@@ -144,6 +150,26 @@ class _Reading:
         else:
             # A flag newer than this mapping: said, never silently dropped.
             self.notes.append(f"device status flag: {flag}")
+
+    def _plan_flag(self, flag: str, numbers: set[int]) -> None:
+        side, _, number = flag.partition(":")
+        meaning = None
+        if side in fc.PLAN_THRESHOLD and number.isdigit() and int(number) in numbers:
+            target, meaning = int(number), fc.PLAN_THRESHOLD[side]
+        elif flag == fc.WEIGHT_GAIN_FLAG and fc.WEIGHT_GAIN_MDC in numbers:
+            target, meaning = fc.WEIGHT_GAIN_MDC, fc.WEIGHT_GAIN
+        if meaning is None:
+            # Newer than this mapping, or naming no value here: said, never dropped.
+            self.notes.append(f"care plan flag: {flag}")
+            return
+        code, text = meaning
+        concept = {"coding": [_coding(fc.INTERPRETATION_SYSTEM, code.code, code.display)]}
+        concepts = self.plan.setdefault(target, [])
+        if concept | {"text": text} not in concepts:
+            concepts.append(concept | {"text": text})
+
+    def plan_interpretations(self, value: Json) -> list[Json]:
+        return self.plan.get(value["mdc"], []) if value["value"] is not None else []
 
     # -- the Observations' common parts ------------------------------------------------
 
@@ -233,12 +259,6 @@ def _shared(key: _SharedKey) -> Json:
     }
 
 
-@functools.lru_cache(maxsize=1024)
-def _shared_json(key: _SharedKey) -> str:
-    """`_shared(key)` as JSON members, without the braces, to splice into an object."""
-    return _dumps(_shared(key))[1:-1]
-
-
 def _expand(resource: Json) -> Json:
     if _SHARED not in resource:
         return resource
@@ -280,6 +300,8 @@ def _numeric(r: _Reading, value: Json, identifier: str) -> Json:
     )
     r.add_conditions(obs)
     reason = r.data_absent
+    if reason is None and (plan := r.plan_interpretations(value)):
+        obs["interpretation"] = obs.get("interpretation", []) + plan
     if reason is None and value["value"] is not None:
         obs["valueQuantity"] = _quantity(value["value"], value["unit"])
     else:
@@ -308,6 +330,8 @@ def _compound_bp(r: _Reading, parts: list[Json], identifier: str) -> Json:
             component["dataAbsentReason"] = _absent(fc.NULL_VALUE_REASON)
         else:
             component["valueQuantity"] = _quantity(value["value"], value["unit"])
+        if plan := r.plan_interpretations(value):
+            component["interpretation"] = plan
         components.append(component)
     obs["component"] = components
     return obs
@@ -458,41 +482,15 @@ def _device_entries(r: _Reading, version: str) -> list[Json]:
     ]
 
 
-_DeviceKey = tuple[str, str, str, str, str | None, str | None]
-
-
-def _device_key(r: _Reading) -> _DeviceKey:
-    """What the Device entries depend on."""
-    source, quality = r.doc.get("measured_at_source"), r.doc.get("measured_at_quality")
-    return r.gateway, r.device_id, r.driver, r.kind, source, quality
-
-
-@functools.lru_cache(maxsize=256)
-def _device_entries_json(key: _DeviceKey, version: str) -> str:
-    """The two Device entries as JSON: the same for every reading of a device, so made
-    once (they are half a Bundle's bytes and most of its encoding time)."""
-    gateway, device_id, driver, kind, source, quality = key
-    doc = {
-        "id": "",
-        "gateway": gateway,
-        "kind": kind,
-        "device": {"id": device_id, "driver": driver},
-        "measured_at_source": source,
-        "measured_at_quality": quality,
-    }
-    return ",".join(_dumps(e) for e in _device_entries(_Reading(doc), version))
-
-
-def _observation_entries(r: _Reading, *, fast: bool = False) -> list[Json | str]:
-    """The Observation entries in Bundle order. With `fast`, a plain numeric one (no
-    status flag, a value) comes as its JSON text already (see _numeric_entry_json)."""
+def _observation_entries(r: _Reading) -> list[Json]:
+    """The Observation entries in Bundle order."""
     doc = r.doc
-    entries: list[Json | str] = []
+    entries: list[Json] = []
     if r.clock_faults:
         cts = _coincident_timestamp(r)
         entries.append(_entry(r.cts_url, cts, cts["identifier"][0]))
     identifiers = _Identifiers(r.id)
-    observations: list[Json | str] = []
+    observations: list[Json] = []
     urls: list[str] = []
     values: list[Json] = list(doc["values"])
     compound = [v for v in values if v["mdc"] in fc.BP_COMPONENTS]
@@ -500,45 +498,15 @@ def _observation_entries(r: _Reading, *, fast: bool = False) -> list[Json | str]
         urls.append(_urn("obs", r.id, "0"))
         observations.append(_compound_bp(r, compound, identifiers(fc.PRESS_BLD_NONINV.code)))
         values = [v for v in values if v["mdc"] not in fc.BP_COMPONENTS]
-    plain = fast and not (r.conditions or r.notes or r.clock_faults)
     for v in values:
-        url = _urn("obs", r.id, str(len(observations)))
-        urls.append(url)
-        identifier = identifiers(str(v["mdc"]))
-        if plain and v["value"] is not None:
-            observations.append(_numeric_entry_json(r, v, identifier, url))
-        else:
-            observations.append(_numeric(r, v, identifier))
+        urls.append(_urn("obs", r.id, str(len(observations))))
+        observations.append(_numeric(r, v, identifiers(str(v["mdc"]))))
     for kind, bits in r.bits.values():
         observations.append(_bits(r, kind, bits.values(), derived=urls[0]))
         urls.append(_urn("obs", r.id, kind.code))
     for url, obs in zip(urls, observations, strict=True):
-        entries.append(obs if isinstance(obs, str) else _entry(url, obs, obs["identifier"][0]))
+        entries.append(_entry(url, _expand(obs), obs["identifier"][0]))
     return entries
-
-
-@functools.lru_cache(maxsize=256)
-def _code_json(number: int, name: str) -> str:
-    return _dumps(_code_of(number, name))
-
-
-def _numeric_entry_json(r: _Reading, value: Json, identifier: str, url: str) -> str:
-    """A plain PhdNumericObservation entry (no status flag, a value) as JSON text, by
-    template: most of a drain's Observations, at a fraction of the encoder's cost.
-    tests/test_fhir.py holds it equal to what _numeric and _entry build."""
-    number: int = value["mdc"]
-    key = (r.gateway, r.phg_url, r.phd_url, fc.NUMERIC_PROFILE, number in fc.LOINC, False, True)
-    unit = _string(value["unit"])
-    return (
-        f'{{"fullUrl":{_string(url)},"resource":{{{_shared_json(key)},'
-        f'"identifier":[{{"system":"{fc.CONDITIONAL_CREATE_SYSTEM}","value":{_string(identifier)}}}],'
-        f'"status":"final","code":{_code_json(number, value["code"])},'
-        f'"effectiveDateTime":{_string(r.doc["measured_at"])},'
-        f'"valueQuantity":{{"value":{_dumps(value["value"])},"unit":{unit},'
-        f'"system":"{fc.UCUM_SYSTEM}","code":{unit}}}}},'
-        f'"request":{{"method":"POST","url":"Observation","ifNoneExist":'
-        f"{_string(f'identifier={fc.CONDITIONAL_CREATE_SYSTEM}|{identifier}')}}}}}"
-    )
 
 
 def _bundle_head(reading_id: str) -> Json:
@@ -550,39 +518,183 @@ def _bundle_head(reading_id: str) -> Json:
 
 
 def reading_bundle(doc: Json, *, version: str) -> Json:
-    """The transaction Bundle for one `homehub.reading/1` document."""
+    """The transaction Bundle for one `homehub.reading/1` document (the reference)."""
     r = _Reading(doc)
-    entries = _device_entries(r, version)
-    for e in _observation_entries(r):
-        assert not isinstance(e, str)  # fast=False: every entry is a document
-        entries.append(e | {"resource": _expand(e["resource"])})
+    entries = _device_entries(r, version) + _observation_entries(r)
     return {**_bundle_head(r.id), "entry": entries}
 
 
-def _entry_json(entry: Json | str) -> str:
-    if isinstance(entry, str):
-        return entry
-    resource: Json = entry["resource"]
-    if _SHARED not in resource:
-        return _dumps(entry)
-    rest = dict(resource)
-    shared = _shared_json(rest.pop(_SHARED))
-    request = entry["request"]
+# -- the fast render: one template per shape of reading ---------------------------------
+#
+# A Bundle depends on a reading's *shape* (gateway, device, driver, kind, clock source and
+# quality, status flags, and per value its MDC code, name, unit and whether it is null),
+# and, within a shape, only on the reading id (identifiers, and the urn:uuid fullUrls
+# derived from it), the two timestamps and the numbers. So the reference Bundle is built
+# once per shape from a document whose variable parts are placeholders, encoded, and cut
+# at the placeholders into a str.format template; a reading then costs its JSON decode,
+# its shape, its fullUrls' SHA-1s and one format (issue 13: the drain renders every
+# publish on the event loop). A device's readings have a handful of shapes.
+
+#: Marks a placeholder (a private-use character: no id, code or unit holds it, and
+#: a shape that does is rendered whole). JSON-encoded (ASCII) it is `\\ue000`.
+_MARK = "\ue000"
+_MARK_JSON = _string(_MARK)[1:-1]
+
+_ValueShape = tuple[int, str, str, bool]  # mdc, code (its name), unit, value is null
+_Shape = tuple[
+    str,
+    str,
+    str,
+    str,
+    str | None,
+    str | None,
+    tuple[str, ...],
+    tuple[_ValueShape, ...],
+    tuple[str, ...],
+]
+
+
+def _shape(doc: Json) -> _Shape:
+    device = doc["device"]
     return (
-        f'{{"fullUrl":{_string(entry["fullUrl"])},"resource":{{{shared},{_dumps(rest)[1:]}'
-        f',"request":{{"method":"POST","url":"Observation","ifNoneExist":'
-        f"{_string(request['ifNoneExist'])}}}}}"
+        doc["gateway"],
+        device["id"],
+        device["driver"],
+        doc["kind"],
+        doc.get("measured_at_source"),
+        doc.get("measured_at_quality"),
+        tuple(doc.get("status", ())),
+        tuple((v["mdc"], v["code"], v["unit"], v["value"] is None) for v in doc["values"]),
+        tuple(doc.get("flags", ())),
     )
+
+
+def _placeholder(name: str) -> str:
+    return f"{_MARK}{name}{_MARK}"
+
+
+def _template_doc(shape: _Shape, reading_id: str) -> Json:
+    """A native document of this shape, its variable parts placeholders."""
+    gateway, device_id, driver, kind, source, quality, status, values, flags = shape
+    return {
+        "flags": list(flags),
+        "id": reading_id,
+        "gateway": gateway,
+        "kind": kind,
+        "device": {"id": device_id, "driver": driver},
+        "measured_at": _placeholder("t"),
+        "measured_at_source": source,
+        "measured_at_quality": quality,
+        "received_at": _placeholder("r"),
+        "status": list(status),
+        "values": [
+            {
+                "mdc": number,
+                "code": code,
+                "unit": unit,
+                "value": None if null else _placeholder(f"v{i}"),
+            }
+            for i, (number, code, unit, null) in enumerate(values)
+        ],
+    }
+
+
+class _Template:
+    """One shape's Bundle cut at its variable parts, and the fullUrls it needs.
+
+    `pieces` alternates literal text and field names (odd indexes); a render puts each
+    field's text in its place and joins (str.format would parse 5 KB on every call).
+    """
+
+    __slots__ = ("fields", "pieces", "urns")
+
+    def __init__(self, text: str, urns: tuple[tuple[str, str], ...]) -> None:
+        pieces: list[str] = []
+        literal = ""
+        for text_part, field, _, _ in string.Formatter().parse(text):
+            literal += text_part  # "{{" comes as a literal of its own
+            if field is not None:
+                pieces += [literal, field]
+                literal = ""
+        pieces.append(literal)
+        self.pieces = pieces
+        self.fields = tuple(pieces[1::2])
+        self.urns = urns  # (field, urn kind/suffix) for `_urn(kind, reading id, suffix)`
+
+
+def _build_template(shape: _Shape, version: str, reading_id: str) -> _Template | None:
+    doc = _template_doc(shape, reading_id)
+    r = _Reading(doc)
+    # Every fullUrl derived from the reading id (see _observation_entries, cts_url).
+    suffixes = [str(i) for i in range(len(shape[7]) + 1)] + list(r.bits)
+    candidates = {_urn("cts", reading_id): ("u_cts", "cts")}
+    candidates |= {_urn("obs", reading_id, s): (f"u_{s}", s) for s in suffixes}
+    text = _dumps(reading_bundle(doc, version=version)).replace("{", "{{").replace("}", "}}")
+    urns = []
+    for urn, (field, suffix) in candidates.items():
+        if urn in text:
+            text = text.replace(urn, f"{{{field}}}")
+            urns.append((field, suffix))
+    for i in range(len(shape[7])):
+        text = text.replace(f'"{_MARK_JSON}v{i}{_MARK_JSON}"', f"{{v{i}}}")
+    id_json = _string(reading_id)[1:-1]
+    text = text.replace(id_json, "{id}")
+    for name in ("t", "r"):
+        text = text.replace(f"{_MARK_JSON}{name}{_MARK_JSON}", f"{{{name}}}")
+    if _MARK_JSON in text:
+        return None  # a placeholder in a place this does not know: no template
+    return _Template(text, tuple(urns))
+
+
+@functools.lru_cache(maxsize=512)
+def _template(shape: _Shape, version: str) -> _Template | None:
+    """The shape's template, or None (render it whole) when the shape is unsafe to cut:
+    a constant part holding the mark, or a variable part the cut missed (checked by
+    building it for two reading ids: they must give the same template)."""
+    gateway, device_id, driver, kind, source, quality, status, values, flags = shape
+    constants = [gateway, device_id, driver, kind, source or "", quality or "", *status, *flags]
+    constants += [f"{code}{unit}" for _, code, unit, _ in values]
+    if any(_MARK in c for c in constants):
+        return None
+    first = _build_template(shape, version, _placeholder("id"))
+    second = _build_template(shape, version, _placeholder("other-id"))
+    if first is None or second is None or first.pieces != second.pieces:
+        return None
+    if first.urns != second.urns:
+        return None
+    return first
+
+
+def _number(value: Any) -> str:
+    """A value as json.dumps writes it (allow_nan=False), faster for the usual float."""
+    if type(value) is float and value - value == 0.0:  # finite
+        return float.__repr__(value)
+    if type(value) is int:
+        return int.__repr__(value)
+    return _dumps(value)
 
 
 def render_fhir(payload: bytes, *, version: str) -> bytes:
     """Stored `homehub.reading/1` bytes -> FHIR JSON bytes (compact UTF-8).
 
-    The same document as `json.dumps(reading_bundle(...))`, with the Device entries
-    taken from a cache (tests check that the two agree).
+    The same document as `json.dumps(reading_bundle(...))` (tests check that the two
+    agree for every kind and flag), filled into its shape's template.
     """
-    r = _Reading(json.loads(payload))
-    devices = _device_entries_json(_device_key(r), version)
-    head = _dumps(_bundle_head(r.id))
-    entries = ",".join([devices, *(_entry_json(e) for e in _observation_entries(r, fast=True))])
-    return f'{head[:-1]},"entry":[{entries}]}}'.encode()
+    doc = json.loads(payload)
+    template = _template(_shape(doc), version)
+    if template is None:
+        return _dumps(reading_bundle(doc, version=version)).encode()
+    rid: str = doc["id"]
+    fields = {
+        "id": _string(rid)[1:-1],
+        "t": _string(doc["measured_at"])[1:-1],
+        "r": _string(doc.get("received_at", ""))[1:-1],
+    }
+    for i, value in enumerate(doc["values"]):
+        if value["value"] is not None:
+            fields[f"v{i}"] = _number(value["value"])
+    for field, kind in template.urns:
+        fields[field] = _urn(kind, rid) if kind == "cts" else _urn("obs", rid, kind)
+    pieces = template.pieces.copy()
+    pieces[1::2] = [fields[f] for f in template.fields]
+    return "".join(pieces).encode()

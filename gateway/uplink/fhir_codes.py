@@ -25,6 +25,8 @@ DATA_ABSENT_EXTENSION: Final = "http://hl7.org/fhir/StructureDefinition/data-abs
 # PhdBaseObservation: interpretation.coding[MsmtStatusInterpretation].system (exactly).
 MEASUREMENT_STATUS_SYSTEM: Final = "http://hl7.org/fhir/uv/pocd/CodeSystem/measurement-status"
 ACT_REASON_SYSTEM: Final = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+# FHIR R4 Observation.interpretation (and .component.interpretation): the care plan's flags.
+INTERPRETATION_SYSTEM: Final = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 OBSERVATION_CATEGORY_SYSTEM: Final = "http://terminology.hl7.org/CodeSystem/observation-category"
 PHD_CATEGORY_SYSTEM: Final = "http://hl7.org/fhir/uv/phd/CodeSystem/PhdObservationCategories"
 YES_NO_SYSTEM: Final = "http://terminology.hl7.org/CodeSystem/v2-0136"
@@ -321,3 +323,20 @@ DRIVER_DEVICES: Final[dict[str, tuple[str | None, str | None]]] = {
     "serial.nonin": ("Nonin Medical, Inc.", None),
     "ble.nonin_3230": ("Nonin Medical, Inc.", "3230"),
 }
+
+
+# -- the care plan's flags (issue 10's native `flags`) -> Observation.interpretation ------
+#
+# `above:<mdc>` / `below:<mdc>`: H / L on the Observation (or the compound's component) of
+# that MDC code: outside the plan's threshold, which is this patient's reference range.
+# `weight_gain`: U "Significant change up" on the body weight. Not H: the weight itself may
+# be in any range; what the rule saw is a rise over days (ObservationInterpretation's
+# change codes are for a change against earlier results). The text says the hub's care
+# plan, not the device, put it there.
+PLAN_THRESHOLD: Final = {
+    "above": (Code("H", "High"), "above the care plan's threshold"),
+    "below": (Code("L", "Low"), "below the care plan's threshold"),
+}
+WEIGHT_GAIN_FLAG: Final = "weight_gain"
+WEIGHT_GAIN: Final = (Code("U", "Significant change up"), "weight gain over the care plan's limit")
+WEIGHT_GAIN_MDC: Final = mdc.MASS_BODY_ACTUAL.number
