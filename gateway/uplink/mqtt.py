@@ -46,15 +46,18 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import paho.mqtt.client as paho
-from homehub_contract import reading_topic, status_topic
+from homehub_contract import SIGNATURE_PROPERTY, reading_topic, status_topic
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
+
+if TYPE_CHECKING:
+    from gateway.uplink.sign import ReadingSigner, SignerSource
 
 from gateway.backoff import Backoff
 from gateway.config import MqttSection
@@ -215,6 +218,16 @@ class MqttUplink:
         self.delivered_count = 0
         # Issue 13: `[mqtt] payload` renders the stored payload at publish time.
         self._render = renderer_for(settings.payload, version=version)
+        # Issue 14: `[mqtt] sign`. The signer is taken afresh at each connection (a renewed
+        # key signs from the next one); without a usable key nothing is published, never
+        # a reading unsigned.
+        self._signers: SignerSource | None = None
+        self._signer: ReadingSigner | None = None
+        if settings.sign:
+            from gateway.uplink.sign import SignerSource  # cryptography only when signing
+
+            assert settings.key_file is not None and settings.cert_file is not None
+            self._signers = SignerSource(settings.key_file, settings.cert_file)
 
     # -- what the daemon calls ---------------------------------------------------
 
@@ -450,6 +463,9 @@ class MqttUplink:
         return client
 
     async def _connect(self) -> _Session:
+        if self._signers is not None:
+            # Raises (IdentityError) when the key cannot sign: retried like a failed connect.
+            self._signer = self._signers.current()
         loop = asyncio.get_running_loop()
         lost: asyncio.Future[str] = loop.create_future()
         client = self._make_client(loop, lost)
@@ -615,7 +631,7 @@ class MqttUplink:
 
     def _publish(self, session: _Session, row: OutboxRow) -> None:
         topic = reading_topic(self._settings.topic_prefix, self._gateway_id, row.device_id)
-        rendered = _render(self._render, row.payload)
+        rendered = _render(self._render, row.payload, self._signer)
         if isinstance(rendered, str):
             self._hold(row.seq, row.device_id, rendered)
             return
@@ -858,18 +874,33 @@ def _close_in_background(client: paho.Client) -> None:
 
 
 def _render(
-    render: Callable[[bytes], tuple[bytes, str | None]], stored: bytes
+    render: Callable[[bytes], tuple[bytes, str | None]],
+    stored: bytes,
+    signer: ReadingSigner | None = None,
 ) -> tuple[bytes, Properties | None] | str:
     """The bytes and PUBLISH properties for a stored payload, or why it cannot go.
 
     A payload the renderer fails on is held back like any reading the broker cannot
     take (it stays unsent and is retried later), so it never blocks the ones behind it.
+    With a `signer` (issue 14) the rendered bytes, exactly as published, are signed and
+    the JWS goes in a User Property: the payload itself is the same signed or not.
     """
     try:
         payload, content_type = render(stored)
     except Exception as exc:
         return f"cannot be rendered for [mqtt] payload: {type(exc).__name__}"
-    return payload, _publish_properties(content_type)
+    if signer is None:
+        return payload, _publish_properties(content_type)
+    try:
+        jws = signer.sign(payload)
+    except Exception as exc:
+        return f"cannot be signed: {type(exc).__name__}"
+    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    if content_type is not None:
+        properties.PayloadFormatIndicator = 1
+        properties.ContentType = content_type
+    properties.UserProperty = (SIGNATURE_PROPERTY, jws)
+    return payload, properties
 
 
 @functools.cache
