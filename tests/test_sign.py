@@ -205,15 +205,10 @@ class Catcher:
         assert self._ready.wait(10), "the subscriber did not subscribe"
 
     def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
-        props = dict(getattr(msg.properties, "UserProperty", []) or [])
+        props = dict(getattr(msg.properties, "UserProperty", None) or [])
+        content_type = getattr(msg.properties, "ContentType", None)
         with self._cond:
-            self.got.append(
-                (
-                    bytes(msg.payload),
-                    props.get(SIGNATURE_PROPERTY),
-                    msg.properties.ContentType if hasattr(msg.properties, "ContentType") else None,
-                )
-            )
+            self.got.append((bytes(msg.payload), props.get(SIGNATURE_PROPERTY), content_type))
             self._cond.notify_all()
 
     def wait_for(self, count: int, timeout_s: float) -> list[tuple[bytes, str | None, str | None]]:
