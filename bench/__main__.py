@@ -36,6 +36,7 @@ from bench import (
     footprint,
     ingest,
     latency,
+    sign,
     wear,
 )
 from bench.common import Result, filesystem_type, scratch_dir, scratch_parent
@@ -80,6 +81,7 @@ BENCHMARKS: dict[str, Runner] = {
     "confirm": lambda quick: confirm.run(quick=quick),
     "commands": lambda quick: commands.run(quick=quick),
     "fhir": lambda quick: fhir.run(quick=quick),
+    "sign": lambda quick: sign.run(quick=quick),
     "ble_latency": _ble,
     "backend_ingest": lambda quick: (
         backend_ingest.run(count=3_000, rounds=1) if quick else backend_ingest.run()

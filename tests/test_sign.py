@@ -274,3 +274,27 @@ async def test_every_published_reading_carries_a_jws_over_its_exact_bytes(
         assert (content_type == "application/fhir+json") == (payload_format == "fhir")
         with pytest.raises(InvalidSignature):
             verify_with_cryptography(jws, payload.replace(b"bp-1", b"bp-2"), pki["hub-ec.crt"])
+
+
+@pytest.mark.parametrize("content_type", [None, "application/fhir+json"])
+def test_the_prepacked_properties_are_what_paho_would_pack(
+    tmp_path: Path, content_type: str | None
+) -> None:
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from gateway.uplink.mqtt import _render
+
+    signer = ReadingSigner.load(*write_identity(tmp_path))
+    rendered = _render(lambda b: (b, content_type), b'{"id":"r-1"}', signer)
+    assert not isinstance(rendered, str)
+    payload, fast = rendered
+    assert fast is not None
+    jws = dict(getattr(fast, "UserProperty"))[SIGNATURE_PROPERTY]  # noqa: B009 - untyped
+    reference = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    if content_type is not None:
+        reference.PayloadFormatIndicator = 1
+        reference.ContentType = content_type
+    reference.UserProperty = (SIGNATURE_PROPERTY, jws)
+    assert fast.pack() == reference.pack()  # type: ignore[no-untyped-call]
+    verify_with_cryptography(jws, payload, tmp_path / "hub.crt")
