@@ -8,7 +8,8 @@ once per reading), for scale.
 
 `sign_drain`. Subject: `bench.drain`'s hub drain with `sign = true` and a fresh EC P-256
 key and certificate. Baseline: the same drain, same pre-filled store, without `sign`.
-Rounds alternate baseline / subject; medians are compared. Target ratio >= 0.8.
+Rounds alternate baseline / subject; medians are compared. Target ratio >= 0.8. This
+process's CPU per reading on each side is reported beside it.
 
 Both sides use the bench's plain-TCP broker: `sign = true` needs `cert_file`, which the
 config accepts only with TLS (`ca_file`), so the subject's section is made with
@@ -39,7 +40,7 @@ from bench.common import (
     private_broker,
     scratch_dir,
 )
-from bench.drain import _hub_drain, prefill
+from bench.drain import _hub_drain, _process_cpu, prefill
 from gateway.config import HubConfig
 from gateway.uplink.payload import encode_reading
 from gateway.uplink.sign import ReadingSigner
@@ -111,7 +112,9 @@ def signed(config: HubConfig, key: Path, cert: Path) -> HubConfig:
 
 
 def drain(*, count: int = 20_000, rounds: int = 3) -> Result:
-    plain_rates, signed_rates = [], []
+    plain_rates: list[float] = []
+    signed_rates: list[float] = []
+    cpu: dict[str, list[float]] = {"plain": [], "signed": []}
     with scratch_dir("sign-drain") as work, private_broker(work) as broker:
         key, cert = make_identity(work)
         rows = encode_all(make_readings(count, tag="sign-drain"))
@@ -124,7 +127,9 @@ def drain(*, count: int = 20_000, rounds: int = 3) -> Result:
                     config = signed(config, key, cert)
                 config.gateway.state_dir.mkdir(parents=True)
                 shutil.copyfile(template, config.store_path)
+                before = _process_cpu()
                 rates.append(asyncio.run(_hub_drain(config, count)).rate(count))
+                cpu[side].append(_process_cpu() - before)
     signed_rate, plain_rate = median(signed_rates), median(plain_rates)
     return Result(
         name="sign_drain",
@@ -140,6 +145,10 @@ def drain(*, count: int = 20_000, rounds: int = 3) -> Result:
             "rounds": rounds,
             "signed_readings_per_s": [round(r, 1) for r in signed_rates],
             "plain_readings_per_s": [round(r, 1) for r in plain_rates],
+            # This process (hub and its paho thread), all threads: what signing adds
+            # whatever the machine's load does to wall time.
+            "signed_cpu_us_per_reading": round(median(cpu["signed"]) / count * 1e6, 1),
+            "plain_cpu_us_per_reading": round(median(cpu["plain"]) / count * 1e6, 1),
         },
     )
 
