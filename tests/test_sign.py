@@ -10,6 +10,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import logging
 import subprocess
 import sys
 import threading
@@ -238,7 +239,9 @@ async def test_every_published_reading_carries_a_jws_over_its_exact_bytes(
     pki: dict[str, Path],
     broker_factory: Callable[..., MosquittoBroker],
     payload_format: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.uplink.mqtt")
     plain = free_port()
     broker = broker_factory(
         tls=(pki["ca.crt"], pki["server.crt"], pki["server.key"]),
@@ -267,6 +270,8 @@ async def test_every_published_reading_carries_a_jws_over_its_exact_bytes(
         got = await asyncio.to_thread(catcher.wait_for, 3, 10)
     finally:
         catcher.stop()
+    kid = ReadingSigner.load(pki["hub-ec.key"], pki["hub-ec.crt"]).kid
+    assert f"readings are signed (ES256, kid {kid})" in caplog.text
     for payload, jws, content_type in got:
         assert jws is not None, "a reading without its signature"
         header = verify_with_cryptography(jws, payload, pki["hub-ec.crt"])

@@ -465,7 +465,12 @@ class MqttUplink:
     async def _connect(self) -> _Session:
         if self._signers is not None:
             # Raises (IdentityError) when the key cannot sign: retried like a failed connect.
-            self._signer = self._signers.current()
+            signer = self._signers.current()
+            if signer is not self._signer:
+                # The kid is the certificate's thumbprint: public, and what the backend's
+                # rejection reasons are about.
+                log.info("mqtt: readings are signed (ES256, kid %s)", signer.kid)
+            self._signer = signer
         loop = asyncio.get_running_loop()
         lost: asyncio.Future[str] = loop.create_future()
         client = self._make_client(loop, lost)
