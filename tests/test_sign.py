@@ -303,3 +303,43 @@ def test_the_prepacked_properties_are_what_paho_would_pack(
     reference.UserProperty = (SIGNATURE_PROPERTY, jws)
     assert fast.pack() == reference.pack()  # type: ignore[no-untyped-call]
     verify_with_cryptography(jws, payload, tmp_path / "hub.crt")
+
+
+async def test_a_key_that_cannot_sign_publishes_nothing_and_says_why(
+    tmp_path: Path,
+    pki: dict[str, Path],
+    broker_factory: Callable[..., MosquittoBroker],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="gateway.uplink.mqtt")
+    plain = free_port()
+    broker = broker_factory(
+        tls=(pki["ca.crt"], pki["server.crt"], pki["server.key"]),
+        extra=[f"listener {plain} 127.0.0.1"],
+    )
+    catcher = Catcher(plain)
+    (tmp_path / "other").mkdir()
+    other_key, _ = write_identity(tmp_path / "other")
+    config = write_config(
+        tmp_path / "hub.toml",
+        broker=broker,
+        state_dir=tmp_path / "state",
+        devices=[sim_device("bp-1", "blood_pressure", interval_s=0.0, count=2)],
+        mqtt={
+            "ca_file": pki["ca.crt"],
+            "cert_file": pki["hub-ec.crt"],
+            "key_file": other_key,  # not the certificate's key
+            "sign": True,
+            "reconnect_min_s": 0.1,
+            "reconnect_max_s": 0.2,
+        },
+    )
+    try:
+        async with running_hub(config, EventBus()):
+            async with asyncio.timeout(10):
+                # Two failed attempts: the refusal is retried, never sent around.
+                while caplog.text.count("cert_file is not the certificate of key_file") < 2:
+                    await asyncio.sleep(0.05)
+    finally:
+        catcher.stop()
+    assert catcher.got == [], "a reading went out while its key could not sign"
