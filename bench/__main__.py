@@ -37,6 +37,7 @@ from bench import (
     footprint,
     ingest,
     latency,
+    sign,
     wear,
 )
 from bench.common import Result, filesystem_type, scratch_dir, scratch_parent
@@ -81,6 +82,7 @@ BENCHMARKS: dict[str, Runner] = {
     "confirm": lambda quick: confirm.run(quick=quick),
     "commands": lambda quick: commands.run(quick=quick),
     "fhir": lambda quick: fhir.run(quick=quick),
+    "sign": lambda quick: sign.run(quick=quick),
     "ble_latency": _ble,
     "ble_idle": lambda quick: ble_idle.run(cpu_window_s=15.0 if quick else 60.0),
     "backend_ingest": lambda quick: (

@@ -78,6 +78,11 @@ def mqtt_cross_field_problems(values: Mapping[str, Any]) -> list[tuple[str, str]
         problems.append(("ca_file", "a client certificate needs TLS: give ca_file too"))
     if given("password_file") and not given("username"):
         problems.append(("username", "required with password_file"))
+    if values.get("sign") is True and not (given("key_file") and given("cert_file")):
+        # Issue 14: the signature is made with the hub's own key, named by its certificate.
+        problems.append(
+            ("sign", "needs the hub's key_file and cert_file (homehub provision, docs/INSTALL.md)")
+        )
     fields = MqttSection.model_fields
     low = values.get("reconnect_min_s", fields["reconnect_min_s"].default)
     high = values.get("reconnect_max_s", fields["reconnect_max_s"].default)
@@ -164,6 +169,11 @@ class MqttSection(_Section):
         default="homehub",
         description="Readings on the wire: 'homehub' (homehub.reading/1 JSON) or 'fhir' (an "
         "HL7 FHIR R4 transaction Bundle of the Personal Health Device IG, issue 13).",
+    )
+    sign: bool = Field(
+        default=False,
+        description="Each reading carries a detached JWS (ES256) over its payload, made with "
+        "key_file and named by cert_file, in the MQTT 5 user property 'jws' (issue 14).",
     )
 
     @model_validator(mode="after")

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, FilePath, ValidationError
+from pydantic import BaseModel, ConfigDict, DirectoryPath, Field, FilePath, ValidationError
 from pydantic_core import ErrorDetails
 
 from homehub_backend.errors import ConfigError
@@ -99,11 +99,26 @@ class FleetSection(_Section):
     )
 
 
+class VerifySection(_Section):
+    """Signed readings (issue 14 part 3, verify.py)."""
+
+    certs_dir: DirectoryPath | None = Field(
+        default=None,
+        description="Directory of hub certificates, {gateway}.crt (PEM, one or more): a "
+        "signed reading is verified against them.",
+    )
+    require_signature: bool = Field(
+        default=False,
+        description="Reject every reading without a valid signature (needs certs_dir).",
+    )
+
+
 class BackendConfig(_Section):
     broker: BrokerSection = Field(default_factory=BrokerSection)
     ingest: IngestSection = Field(default_factory=IngestSection)
     database: DatabaseSection
     fleet: FleetSection = Field(default_factory=FleetSection)
+    verify: VerifySection = Field(default_factory=VerifySection)
 
 
 def _field_path(loc: Sequence[int | str]) -> str:
@@ -165,6 +180,8 @@ def cross_field_problems(config: BackendConfig) -> list[str]:
         problems.append(
             f"broker.reconnect_min_s: must not exceed reconnect_max_s ({b.reconnect_max_s})"
         )
+    if config.verify.require_signature and config.verify.certs_dir is None:
+        problems.append("verify.certs_dir: required with require_signature")
     if i.db_retry_min_s > i.db_retry_max_s:
         problems.append(
             f"ingest.db_retry_min_s: must not exceed db_retry_max_s ({i.db_retry_max_s})"
@@ -175,6 +192,7 @@ def cross_field_problems(config: BackendConfig) -> list[str]:
 _PATH_KEYS = {
     "broker": ("password_file", "ca_file", "cert_file", "key_file"),
     "database": ("password_file",),
+    "verify": ("certs_dir",),
 }
 
 

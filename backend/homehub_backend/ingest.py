@@ -33,7 +33,13 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import psycopg
-from homehub_contract import CONFIRM_SCHEMA, MAX_CONFIRM_IDS, confirm_topic, readings_filter
+from homehub_contract import (
+    CONFIRM_SCHEMA,
+    MAX_CONFIRM_IDS,
+    SIGNATURE_PROPERTY,
+    confirm_topic,
+    readings_filter,
+)
 from homehub_contract import status_filter as contract_status_filter
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -46,6 +52,7 @@ from homehub_backend.config import BackendConfig, read_secret
 from homehub_backend.db import BatchResult, ReadingRow, RejectedRow, StatusRow
 from homehub_backend.errors import DatabaseError
 from homehub_backend.validate import Row, Topics, classify, utc_now
+from homehub_backend.verify import Verifier
 
 log = logging.getLogger("homehub_backend.ingest")
 
@@ -102,6 +109,12 @@ class Worker:
     _conn: psycopg.Connection[Any] | None = None
     _client: paho.Client | None = None
     _pending_confirms: list[paho.MQTTMessageInfo] = field(default_factory=list)
+    _verifier: Verifier | None = None
+
+    def __post_init__(self) -> None:
+        v = self.config.verify
+        if v.certs_dir is not None or v.require_signature:
+            self._verifier = Verifier(v.certs_dir, required=v.require_signature)
 
     # -- MQTT (paho's thread) ------------------------------------------------------------
 
@@ -185,15 +198,20 @@ class Worker:
             log.warning("ingest: disconnected from the broker (%s); reconnecting", rc)
 
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+        payload = bytes(msg.payload)
         row = classify(
             self._topics,
             msg.topic,
-            bytes(msg.payload),
+            payload,
             self.config.ingest.max_payload_bytes,
             utc_now(),
             # MQTT 5 Content Type (§3.3.2.3.9): application/fhir+json from a FHIR hub.
             content_type=getattr(msg.properties, "ContentType", None),
         )
+        if self._verifier is not None:
+            # Issue 14: a reading whose signature fails becomes a rejection like any other
+            # (acknowledged, never confirmed). Checked over the bytes as received.
+            row = self._verifier.apply(row, payload, _signature(msg))
         with self._lock:
             generation = self._generation
         self._queue.put(Inbound(msg.mid, msg.qos, generation, row))
@@ -373,6 +391,17 @@ class Worker:
             self.counters.statuses,
             self.counters.batches,
         )
+
+
+def _signature(msg: paho.MQTTMessage) -> str | None:
+    """The `jws` User Property (MQTT 5 §3.3.2.3.7); None without one.
+
+    A second `jws` property is not a second chance: only the first counts.
+    """
+    for name, value in getattr(msg.properties, "UserProperty", None) or ():
+        if name == SIGNATURE_PROPERTY:
+            return str(value)
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -24,6 +24,7 @@ __all__ = [
     "MAX_CONFIRM_IDS",
     "READING_SCHEMA",
     "RESPONSE_SCHEMA",
+    "SIGNATURE_PROPERTY",
     "STATUS_SCHEMA",
     "command_filter",
     "command_topic",
@@ -46,6 +47,9 @@ RESPONSE_SCHEMA = "homehub.response/1"
 
 # confirm-1.json's maxItems: a confirmation stays far below any broker's packet limit.
 MAX_CONFIRM_IDS = 1000
+# Issue 14: the MQTT 5 User Property (§3.3.2.3.7) carrying a signed reading's detached
+# compact JWS (RFC 7515 Appendix F, ES256) over the PUBLISH payload's exact bytes.
+SIGNATURE_PROPERTY = "jws"
 # A command's payload, at most (command-1.json): a hub answers a larger one "too_large".
 MAX_COMMAND_BYTES = 65536
 
