@@ -165,6 +165,13 @@ class MqttSection(_Section):
         description="Readings on the wire: 'homehub' (homehub.reading/1 JSON) or 'fhir' (an "
         "HL7 FHIR R4 transaction Bundle of the Personal Health Device IG, issue 13).",
     )
+    unsynced_hold_s: float = Field(
+        default=300.0,
+        ge=0.0,
+        le=86400.0,
+        description="Seconds a reading the hub stamped on an unsynchronised clock is held "
+        "back waiting for the sync that corrects its time; then sent flagged (issue 13).",
+    )
 
     @model_validator(mode="after")
     def _check_pairs(self) -> MqttSection:
