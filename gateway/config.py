@@ -232,6 +232,13 @@ class BleSection(_Section):
                 ) from None
         return stack
 
+    clock_correct_s: float = Field(
+        default=60.0,
+        ge=0.0,
+        le=86400.0,
+        description="A device whose clock is off the synchronised hub's by more than this "
+        "has its timestamps corrected by the offset (issue 13).",
+    )
     scan_stall_s: float = Field(
         default=600.0,
         ge=0,

@@ -83,6 +83,10 @@ class Reading(BaseModel):
     # saved at shutdown). "corrected": stamped unsynchronised, then corrected from
     # CLOCK_BOOTTIME once the clock was synchronised (gateway/clockfix.py).
     measured_at_quality: Literal["synced", "unsynced", "unknown", "corrected"] | None = None
+    # Issue 13: the device's clock minus the hub's (seconds), read from its Current
+    # Time at this connection while the hub's clock was synchronised (the PHD IG's
+    # coincident timestamp); None when not measured.
+    device_clock_offset_s: float | None = None
 
     @field_validator("status")
     @classmethod

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+import json
+from datetime import datetime, timedelta
 from pathlib import Path
+
+import pytest
 
 from gateway.clocksync import FileSync
 from gateway.config import validate_config
@@ -16,6 +19,7 @@ from gateway.sim.ble.profiles import BloodPressureMonitor
 from gateway.sim.broker import free_port
 from tests.ble.conftest import Air
 from tests.helpers import next_event
+from tests.test_payload import READING_V
 
 WHEN = datetime(2026, 11, 22, 9, 14, 3)
 
@@ -55,3 +59,58 @@ async def test_no_time_written_while_unsynchronised_then_written(tmp_path: Path,
     finally:
         hub.stop()
         await asyncio.wait_for(task, 8)
+
+
+@pytest.mark.parametrize("synced", [True, False])
+async def test_a_device_six_minutes_behind_is_moved_six_minutes_forward(
+    tmp_path: Path, air: Air, synced: bool
+) -> None:
+    """The PHD IG's own example: the coincident timestamp says the cuff's clock is 6
+    minutes behind; its record's time moves 6 minutes forward, and says by how much.
+    Not while the hub's clock is unsynchronised: then the offset means nothing."""
+    behind = timedelta(minutes=6)
+    bp = BloodPressureMonitor(air.air, "C0:00:00:00:00:22", "BP")
+    bp.clock_offset = -behind
+    await bp.start()
+    taken = datetime.now().replace(microsecond=0)  # local, as the cuff keeps it
+    await bp.measure(encode.blood_pressure(120, 80, 93, when=taken - behind))
+    flag = tmp_path / "synchronized"
+    if synced:
+        flag.touch()  # the hub's clock is synchronised: the offset can be trusted
+    config = validate_config(
+        {
+            "gateway": {"id": "hub-clock", "state_dir": str(tmp_path / "state")},
+            "mqtt": {"host": "127.0.0.1", "port": free_port()},  # no broker needed
+            "ble": {"stack": "bumble", "transport": air.transport, "connect_timeout_s": 5.0},
+            "devices": [
+                {"id": "bp", "driver": "ble.blood_pressure", "address": bp.address, "idle_s": 0.5}
+            ],
+        },
+        DriverRegistry.from_entry_points(),
+    )
+    events = EventBus()
+    stored: asyncio.Queue[Event] = asyncio.Queue()
+    events.subscribe(lambda e: stored.put_nowait(e) if isinstance(e, ReadingStored) else None)
+    hub = Hub(config, DriverRegistry.from_entry_points(), events=events, clock_sync=FileSync(flag))
+    task = asyncio.create_task(hub.run())
+    try:
+        await next_event(stored, ReadingStored, 20)
+        assert hub.store is not None
+        rows = await hub.store.fetch_unsent(0, 10)
+    finally:
+        hub.stop()
+        await asyncio.wait_for(task, 8)
+    doc = json.loads(rows[0].payload)
+    READING_V.validate(doc)
+    assert doc["measured_at_source"] == "device"
+    measured = datetime.fromisoformat(doc["measured_at"])
+    if not synced:
+        assert "device_clock_offset_s" not in doc
+        assert measured == (taken - behind).astimezone()  # the cuff's time, as it is
+        assert not bp.time_set.is_set()
+        return
+    assert -362 < doc["device_clock_offset_s"] < -358
+    # Moved forward by the offset measured (a second or so of radio time aside).
+    assert abs((measured - taken.astimezone()).total_seconds()) < 3
+    # Then the time was written: the cuff's clock is right again.
+    assert bp.clock_offset is not None and abs(bp.clock_offset.total_seconds()) < 3

@@ -106,7 +106,7 @@ class GlucoseDriver(BleDriver):
                 continue
             if last is not None and record.sequence <= last:
                 continue  # not asked for; the meter ignored the filter
-            await self.context.emit(self.reading(record))
+            await self.context.emit(self.with_clock_offset(self.reading(record)))
             # Only now, with the record committed, does the cursor move on; shielded,
             # so a hub stopping right now still records what it stored.
             await asyncio.shield(cursors.set_cursor(options.id, CURSOR, record.sequence))
