@@ -74,6 +74,9 @@ async def test_a_device_six_minutes_behind_is_moved_six_minutes_forward(
     await bp.start()
     taken = datetime.now().replace(microsecond=0)  # local, as the cuff keeps it
     await bp.measure(encode.blood_pressure(120, 80, 93, when=taken - behind))
+    # Issue 13: and one stamped before its clock was ever set (counting from 2000).
+    unset = datetime(2000, 1, 1, 0, 5)
+    await bp.measure(encode.blood_pressure(118, 79, 92, when=unset))
     flag = tmp_path / "synchronized"
     if synced:
         flag.touch()  # the hub's clock is synchronised: the offset can be trusted
@@ -95,12 +98,17 @@ async def test_a_device_six_minutes_behind_is_moved_six_minutes_forward(
     task = asyncio.create_task(hub.run())
     try:
         await next_event(stored, ReadingStored, 20)
+        await next_event(stored, ReadingStored, 20)
         assert hub.store is not None
         rows = await hub.store.fetch_unsent(0, 10)
     finally:
         hub.stop()
         await asyncio.wait_for(task, 8)
-    doc = json.loads(rows[0].payload)
+    doc, old = (json.loads(row.payload) for row in rows)
+    READING_V.validate(old)
+    # Kept at its device time, flagged, never shifted (not even by the offset).
+    assert datetime.fromisoformat(old["measured_at"]) == unset.astimezone()
+    assert "device_clock_unset" in old["status"]
     READING_V.validate(doc)
     assert doc["measured_at_source"] == "device"
     measured = datetime.fromisoformat(doc["measured_at"])

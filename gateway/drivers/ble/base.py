@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from bleak.backends.device import BLEDevice
 
 from gateway.backoff import Backoff
+from gateway.clockcheck import EARLIEST_PLAUSIBLE
 from gateway.drivers.base import Driver, DriverContext, DriverOptions
 from gateway.drivers.ble.profiles.date_time import (
     CURRENT_TIME_UUID,
@@ -61,6 +62,9 @@ FAILURES_BEFORE_ERROR = 5
 DISCONNECT_S = 2.0
 #: a device clock this far ahead of the hub's is wrong; the hub's time is used
 FUTURE_TOLERANCE = timedelta(minutes=10)
+#: A device time this long before the hub's build (clockcheck) was stamped by a clock
+#: never set: real stored records are months old at most when a device is first paired.
+DEVICE_CLOCK_UNSET_BEFORE = EARLIEST_PLAUSIBLE - timedelta(days=365)
 
 
 class BleOptions(DriverOptions):
@@ -314,18 +318,28 @@ class BleDriver(Driver):
     # -- helpers for sessions -----------------------------------------------------------------
 
     def measured_at(
-        self, device_time: datetime | None
+        self, device_time: datetime | None, *, time_fault: bool = False
     ) -> tuple[datetime, Literal["device", "hub"], tuple[str, ...]]:
-        """The device's local time in the hub's zone, or the hub's time when it has none."""
+        """The device's local time in the hub's zone, or the hub's time when it has none.
+
+        `time_fault`: the record itself says its time may be wrong (a glucose meter's
+        Sensor Status Annunciation bit 11); it is never corrected by the offset.
+        """
         now = self.context.clock.now()
         if device_time is None:
             return now, "hub", ()
         # A naive datetime's astimezone() takes it as the system's local time,
         # the hub's zone, with the DST rule of that date.
         aware = device_time.astimezone()
+        if aware < DEVICE_CLOCK_UNSET_BEFORE:
+            # Issue 13: stamped before the device's clock was set (a meter counting from
+            # its epoch after a battery change). Its time is kept, flagged: the offset
+            # measured now says nothing about a clock that was set since.
+            return aware, "device", ("device_clock_unset",)
         offset = self.clock_offset_s
         if (
-            offset is not None
+            not time_fault
+            and offset is not None
             and self._clock_synced_at_read
             and abs(offset) > self._clock_correct_s
         ):

@@ -135,7 +135,8 @@ class GlucoseDriver(BleDriver):
     def reading(self, record: glucose.GlucoseMeasurement) -> Reading:
         unit = Ucum.MMOL_PER_L if record.unit == "mmol/L" else Ucum.MG_PER_DL
         code = _SAMPLE_CODES.get(record.sample_type, mdc.CONC_GLU_GEN)
-        when, source, flags = self.measured_at(record.time)
+        time_fault = "time_fault" in record.sensor_status
+        when, source, flags = self.measured_at(record.time, time_fault=time_fault)
         status = record.sensor_status + flags
         if record.control_solution:
             # A control-solution test checks the meter; it is never a patient value.
