@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -15,10 +16,11 @@ from gateway.daemon import Hub
 from gateway.drivers.registry import DriverRegistry
 from gateway.events import Event, EventBus, ReadingStored
 from gateway.sim.ble import encode
-from gateway.sim.ble.profiles import BloodPressureMonitor
-from gateway.sim.broker import free_port
+from gateway.sim.ble.profiles import BloodPressureMonitor, GlucoseMeter
+from gateway.sim.broker import MosquittoBroker, free_port
 from tests.ble.conftest import Air
-from tests.helpers import next_event
+from tests.ble.test_e2e_ble import running_hub, wait_readings
+from tests.helpers import Listener, next_event
 from tests.test_payload import READING_V
 
 WHEN = datetime(2026, 11, 22, 9, 14, 3)
@@ -122,3 +124,30 @@ async def test_a_device_six_minutes_behind_is_moved_six_minutes_forward(
     assert abs((measured - taken.astimezone()).total_seconds()) < 3
     # Then the time was written: the cuff's clock is right again.
     assert bp.clock_offset is not None and abs(bp.clock_offset.total_seconds()) < 3
+
+
+async def test_a_glucose_record_with_a_time_fault_is_never_shifted(
+    tmp_path: Path, broker: MosquittoBroker, air: Air, listener_factory: Callable[..., Listener]
+) -> None:
+    """A meter 6 minutes behind: its records move 6 minutes forward, except the one whose
+    own flags say its time may be wrong (Sensor Status Annunciation bit 11)."""
+    listener = listener_factory(broker.port)
+    behind = timedelta(minutes=6)
+    meter = GlucoseMeter(air.air, "C0:00:00:00:00:23", "Glucose")
+    meter.clock_offset = -behind
+    await meter.start()
+    taken = datetime.now().replace(microsecond=0)
+    await meter.measure(taken - behind, 101.0)
+    await meter.measure(taken - behind, 102.0, status=1 << 11)  # time fault
+    devices = [{"id": "glu", "driver": "ble.glucose", "address": meter.address}]
+    async with running_hub(tmp_path, broker, air, devices, pairing=True):
+        docs = await wait_readings(listener, 2)
+    by_value = {d["values"][0]["value"]: d for d in docs}
+    corrected, faulty = by_value[101.0], by_value[102.0]
+    for doc in (corrected, faulty):
+        READING_V.validate(doc)
+        assert -362 < doc["device_clock_offset_s"] < -358
+    moved = datetime.fromisoformat(corrected["measured_at"]) - taken.astimezone()
+    assert abs(moved.total_seconds()) < 3
+    assert datetime.fromisoformat(faulty["measured_at"]) == (taken - behind).astimezone()
+    assert "time_fault" in faulty["status"]
