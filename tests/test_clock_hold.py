@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gateway import mdc
 from gateway.clockfix import corrected_payload, needs_hold, plan_releases
 from gateway.clocksync import FileSync
@@ -279,9 +281,12 @@ async def test_held_while_unsynced_then_corrected_on_sync(
     assert datetime.fromisoformat(second["measured_at"]) > measured
 
 
+@pytest.mark.parametrize("reboot", [True, False])
 async def test_a_reboot_before_the_sync_keeps_the_flag(
-    tmp_path: Path, broker: MosquittoBroker, listener_factory: Any
+    tmp_path: Path, broker: MosquittoBroker, listener_factory: Any, reboot: bool
 ) -> None:
+    """A reboot between stamp and sync: no correction. A restart of the service only
+    (same boot id): the hold survives it, and the correction is made."""
     boot, clock = FakeBoot(), JumpClock(BOOT_TIME)
     listener: Listener = listener_factory(broker.port)
     hub = make_hub(tmp_path, broker, boot, clock, hold_s=300.0)
@@ -291,8 +296,10 @@ async def test_a_reboot_before_the_sync_keeps_the_flag(
     finally:
         hub.stop()
         await asyncio.wait_for(task, 6)
-    # Power cut and boot again: a new boot id, the boottime from zero.
-    boot.id, boot.now = "boot-b", 3.0
+    if reboot:  # power cut and boot again: a new boot id, the boottime from zero
+        boot.id, boot.now = "boot-b", 3.0
+    else:  # systemd restarts the service 30 s later
+        boot.now += 30.0
     clock.synchronise()
     (tmp_path / "synchronized").touch()
     hub = make_hub(tmp_path, broker, boot, clock, hold_s=300.0)
@@ -303,8 +310,14 @@ async def test_a_reboot_before_the_sync_keeps_the_flag(
         hub.stop()
         await asyncio.wait_for(task, 6)
     READING_V.validate(docs[0])
-    assert docs[0]["measured_at_quality"] == "unsynced"  # its original, wrong time
-    assert abs((datetime.fromisoformat(docs[0]["measured_at"]) - BOOT_TIME).total_seconds()) < 10
+    measured = datetime.fromisoformat(docs[0]["measured_at"])
+    if reboot:
+        assert docs[0]["measured_at_quality"] == "unsynced"  # its original, wrong time
+        assert abs((measured - BOOT_TIME).total_seconds()) < 10
+    else:
+        assert docs[0]["measured_at_quality"] == "corrected"
+        expected = datetime.now(UTC) - timedelta(seconds=30)
+        assert abs((measured - expected).total_seconds()) < 10
 
 
 async def test_without_a_sync_it_goes_out_flagged_after_the_hold(
