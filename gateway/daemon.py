@@ -796,6 +796,8 @@ class Hub:
                 log.exception("clock: reading its synchronisation state failed; will try again")
             try:
                 await self._release_held()
+            except StoreFullError:
+                pass  # the store logged the full disk once; tried again next round
             except Exception:
                 log.exception("clock: releasing held readings failed; will try again")
             await asyncio.sleep(self.clock_sync_interval_s)
