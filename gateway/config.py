@@ -175,6 +175,13 @@ class MqttSection(_Section):
         description="Each reading carries a detached JWS (ES256) over its payload, made with "
         "key_file and named by cert_file, in the MQTT 5 user property 'jws' (issue 14).",
     )
+    unsynced_hold_s: float = Field(
+        default=300.0,
+        ge=0.0,
+        le=86400.0,
+        description="Seconds a reading the hub stamped on an unsynchronised clock is held "
+        "back waiting for the sync that corrects its time; then sent flagged (issue 13).",
+    )
 
     @model_validator(mode="after")
     def _check_pairs(self) -> MqttSection:
@@ -235,6 +242,13 @@ class BleSection(_Section):
                 ) from None
         return stack
 
+    clock_correct_s: float = Field(
+        default=60.0,
+        ge=0.0,
+        le=86400.0,
+        description="A device whose clock is off the synchronised hub's by more than this "
+        "has its timestamps corrected by the offset (issue 13).",
+    )
     scan_stall_s: float = Field(
         default=600.0,
         ge=0,

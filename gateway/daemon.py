@@ -24,6 +24,7 @@ from gateway.backoff import Backoff
 from gateway.careplan import CarePlanService
 from gateway.clock import Clock, SystemClock
 from gateway.clockcheck import clock_problem
+from gateway.clockfix import BootClock, SystemBootClock, needs_hold, plan_releases, stamp_of
 from gateway.clocksync import SyncSource, SystemSync
 from gateway.commands import CommandChannel, CommandRegistry, RemoteDevices
 from gateway.commands.builtin import identify_command, status_command
@@ -167,6 +168,7 @@ class Hub:
         max_page_count: int | None = None,
         pin_factory: Any | None = None,
         clock_sync: SyncSource | None = None,
+        boot_clock: BootClock | None = None,
     ) -> None:
         #: as the installer's file says; `config` adds the remote devices (issue 10)
         self.installer_config = config
@@ -175,6 +177,10 @@ class Hub:
         self.clock: Clock = clock or SystemClock()
         self.clock_sync: SyncSource = clock_sync or SystemSync()
         self.clock_sync_interval_s = CLOCK_SYNC_CHECK_S
+        #: issue 13: CLOCK_BOOTTIME + boot id, for readings stamped unsynchronised
+        self.boot_clock: BootClock = boot_clock or SystemBootClock()
+        #: the store may hold readings for the clock (True at start: a restart kept them)
+        self._maybe_held = True
         self.events = events or EventBus()
         self.status = StatusTracker(gateway_id=config.gateway.id)
         self.notifier = notifier or SystemdNotifier(environ={})
@@ -614,6 +620,13 @@ class Hub:
             quality = _CLOCK_QUALITY[self.status.clock_synced]
             reading = reading.model_copy(update={"measured_at_quality": quality})
         received_at = self.clock.now()
+        # Issue 13: stamped by the hub on an unsynchronised clock: held for a correction.
+        stamp = None
+        if needs_hold(reading) and self.config.mqtt.unsynced_hold_s > 0:
+            try:
+                stamp = stamp_of(reading, received_at, self.boot_clock)
+            except OSError:
+                log.exception("clock: no boot id; the reading is sent at once, flagged")
         # Issue 10: outside the care plan's thresholds -> flagged, and sent first. The
         # plan must never cost a reading: a failure there stores it unflagged.
         try:
@@ -622,7 +635,7 @@ class Hub:
             log.exception("care plan: flagging a reading failed; storing it unflagged")
             flags = ()
         try:
-            stored = await store.add(reading, received_at, flags)
+            stored = await store.add(reading, received_at, flags, stamp)
         except StoreFullError:
             if not self.status.disk_full:
                 self.status.disk_full = True
@@ -641,6 +654,8 @@ class Hub:
             if was_failing:
                 self.events.publish(DeviceRecovered(options.id))
             self._status_changed()
+        if stamp is not None and not stored.duplicate:
+            self._maybe_held = True
         if not stored.duplicate:
             try:
                 self.care_plan.stored(reading, received_at)
@@ -792,7 +807,44 @@ class Hub:
                 self._check_clock_sync()
             except Exception:
                 log.exception("clock: reading its synchronisation state failed; will try again")
+            try:
+                await self._release_held()
+            except StoreFullError:
+                pass  # the store logged the full disk once; tried again next round
+            except Exception:
+                log.exception("clock: releasing held readings failed; will try again")
             await asyncio.sleep(self.clock_sync_interval_s)
+
+    async def _release_held(self) -> None:
+        """Issue 13: correct the held readings once the clock is synchronised; send
+        those held too long, or stamped before a reboot, as they are (flagged)."""
+        store = self.store
+        if store is None or not self._maybe_held:
+            return
+        held = await store.held()
+        if not held:
+            self._maybe_held = False
+            return
+        plan = plan_releases(
+            held,
+            synced=self.status.clock_synced is True,
+            now=self.clock.now(),
+            boot=self.boot_clock,
+            hold_s=self.config.mqtt.unsynced_hold_s,
+        )
+        if not plan.items:
+            return
+        released = await store.release_held(plan.items)
+        log.info(
+            "clock: %d held reading(s) released: %d corrected, %d held too long,"
+            " %d stamped before a reboot (sent as they are, flagged)",
+            released,
+            plan.corrected,
+            plan.expired,
+            plan.other_boot,
+        )
+        if self.uplink is not None:
+            self.uplink.republish()  # their seqs are behind the uplink's read cursor
 
     def _check_certificate(self) -> None:
         """The client certificate's validity into the status, the log and the panel (issue 14).

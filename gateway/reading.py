@@ -80,8 +80,13 @@ class Reading(BaseModel):
     # Issue 13: whether the hub's clock was synchronised (NTP) when it stored this
     # reading; set by the hub, not by drivers. "unsynced" with measured_at_source
     # "hub" means measured_at may be hours or days off (a Pi boots with the time it
-    # saved at shutdown).
-    measured_at_quality: Literal["synced", "unsynced", "unknown"] | None = None
+    # saved at shutdown). "corrected": stamped unsynchronised, then corrected from
+    # CLOCK_BOOTTIME once the clock was synchronised (gateway/clockfix.py).
+    measured_at_quality: Literal["synced", "unsynced", "unknown", "corrected"] | None = None
+    # Issue 13: the device's clock minus the hub's (seconds), read from its Current
+    # Time at this connection while the hub's clock was synchronised (the PHD IG's
+    # coincident timestamp); None when not measured.
+    device_clock_offset_s: float | None = None
 
     @field_validator("status")
     @classmethod

@@ -45,7 +45,15 @@ def write_config(
         return repr(v)
 
     lines = ["[gateway]", f"id = {value(gateway_id)}", f"state_dir = {value(state_dir)}", ""]
-    mqtt_items = {"host": "127.0.0.1", **({"port": broker.port} if broker else {}), **(mqtt or {})}
+    # unsynced_hold_s 0: the test machine's clock may well be unsynchronised (a
+    # container's often is), and the hub would hold its hub-stamped readings for
+    # minutes (issue 13); tests/test_clock_hold.py sets it and simulates the sync.
+    mqtt_items = {
+        "host": "127.0.0.1",
+        "unsynced_hold_s": 0.0,
+        **({"port": broker.port} if broker else {}),
+        **(mqtt or {}),
+    }
     lines += ["[mqtt]", *(f"{k} = {value(v)}" for k, v in mqtt_items.items()), ""]
     if store:
         lines += ["[store]", *(f"{k} = {value(v)}" for k, v in store.items()), ""]

@@ -144,6 +144,8 @@ def hub_config(path: Path, state: Path, port: int, serial_dir: Path, transport: 
         f"port = {port}",
         "reconnect_min_s = 0.2",
         "reconnect_max_s = 0.5",
+        # the machine's clock may be unsynchronised: no hold of hub-stamped readings (issue 13)
+        "unsynced_hold_s = 0.0",
         "",
         "[ble]",
         'stack = "bumble"',

@@ -87,11 +87,18 @@ def test_version_1_file_migrated_in_place(tmp_path: Path, user_version: int) -> 
         outbox.close()
     db = sqlite3.connect(path)
     try:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         columns = [r[1] for r in db.execute("PRAGMA table_info(readings)")]
-        assert columns[-2:] == ["confirmed_at", "priority"]  # priority: version 3 (issue 10)
+        # priority: version 3 (issue 10); the clock hold: version 4 (issue 13)
+        assert columns[-5:] == [
+            "confirmed_at",
+            "priority",
+            "clock_hold",
+            "stamp_boottime",
+            "stamp_boot_id",
+        ]
         indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-        assert {"readings_unconfirmed", "readings_priority"} <= indexes
+        assert {"readings_unconfirmed", "readings_priority", "readings_clock_hold"} <= indexes
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         db.close()

@@ -348,6 +348,9 @@ def _run_demo(config_path: Path | None, *, seconds: float, ble: bool) -> int:
         data.setdefault("gateway", {})["state_dir"] = str(workdir / "state")
         # The demo shows the whole loop: "sent" means the backend confirmed it (issue 9).
         data.setdefault("mqtt", {}).update(host="127.0.0.1", port=broker.port, confirm=True)
+        # A demo lasts seconds: on a machine whose clock is not synchronised a hold of
+        # hub-stamped readings (issue 13) would hide them all; a config may still set one.
+        data["mqtt"].setdefault("unsynced_hold_s", 0.0)
         simulator = _start_ble_simulator(data) if ble else None
         stack.callback(_stop, simulator)
         try:

@@ -23,7 +23,7 @@ from typing import Any, Literal, TypeVar
 from gateway.drivers.base import StoredReading
 from gateway.errors import StoreCorruptError, StoreError, StoreFullError
 from gateway.reading import Reading, reading_id
-from gateway.store.outbox import NewRow, OutboxRow, SqliteOutbox, StoreStats
+from gateway.store.outbox import ClockStamp, HeldRow, NewRow, OutboxRow, SqliteOutbox, StoreStats
 from gateway.store.salvage import Recovery, salvage
 from gateway.uplink.payload import encode_reading
 
@@ -198,13 +198,18 @@ class Store:
         return self._outbox
 
     async def add(
-        self, reading: Reading, received_at: datetime, flags: Sequence[str] = ()
+        self,
+        reading: Reading,
+        received_at: datetime,
+        flags: Sequence[str] = (),
+        stamp: ClockStamp | None = None,
     ) -> StoredReading:
         """Commit one reading; return its stable id once it is on disk.
 
         Raises StoreFullError when the disk is full (the reading is NOT stored,
         so the driver must not acknowledge it to its device). `flags` (the care plan's,
         issue 10) go into the payload, and a flagged reading is sent ahead of the backlog.
+        With a `stamp` (issue 13) the reading is held back until `release_held`.
         """
         rid = reading_id(self._gateway_id, reading)
         row = NewRow(
@@ -219,6 +224,7 @@ class Store:
             ),
             received_at=received_at.timestamp(),
             priority=1 if flags else 0,
+            stamp=stamp,
         )
         future: asyncio.Future[StoredReading] = asyncio.get_running_loop().create_future()
         self._pending.append((row, future))
@@ -287,6 +293,15 @@ class Store:
     ) -> list[OutboxRow]:
         skip = tuple(skip_devices)
         return await self._op(lambda outbox: outbox.fetch_unsent(after_seq, limit, skip, priority))
+
+    async def held(self) -> list[HeldRow]:
+        """Readings held back until the clock is synchronised (issue 13)."""
+        return await self._op(SqliteOutbox.held)
+
+    async def release_held(self, releases: Sequence[tuple[int, bytes | None]]) -> int:
+        """Publish held readings: (seq, corrected payload, or None for as it is)."""
+        items = list(releases)
+        return await self._op(lambda outbox: outbox.release_held(items))
 
     async def mark_delivered(self, seqs: Sequence[int]) -> int:
         marks, at = list(seqs), time.time()

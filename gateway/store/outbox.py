@@ -110,6 +110,26 @@ class NewRow:
     received_at: float
     #: > 0: flagged by the care plan, published ahead of the backlog (issue 10)
     priority: int = 0
+    #: issue 13: stamped by the hub on an unsynchronised clock: held back, with the
+    #: CLOCK_BOOTTIME and boot id of its stamp (see `held` / `release_held`)
+    stamp: ClockStamp | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClockStamp:
+    """The monotonic moment a hub-stamped reading was taken (issue 13)."""
+
+    boottime: float  # CLOCK_BOOTTIME, seconds
+    boot_id: str  # /proc/sys/kernel/random/boot_id
+
+
+@dataclass(frozen=True, slots=True)
+class HeldRow:
+    """A reading held back until the clock is synchronised (issue 13)."""
+
+    seq: int
+    payload: bytes
+    stamp: ClockStamp | None  # None: its columns were lost (cannot be corrected)
 
 
 @dataclass(slots=True)
@@ -279,10 +299,20 @@ class SqliteOutbox:
             inserted = 0
             last_by_device: dict[str, float] = {}
             for row in rows:
+                stamp = row.stamp
                 cur = db.execute(
-                    "INSERT OR IGNORE INTO readings(id, device_id, payload, received_at, priority)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (row.id, row.device_id, row.payload, row.received_at, row.priority),
+                    "INSERT OR IGNORE INTO readings(id, device_id, payload, received_at, priority,"
+                    " clock_hold, stamp_boottime, stamp_boot_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        row.id,
+                        row.device_id,
+                        row.payload,
+                        row.received_at,
+                        row.priority,
+                        0 if stamp is None else 1,
+                        None if stamp is None else stamp.boottime,
+                        None if stamp is None else stamp.boot_id,
+                    ),
                 )
                 if cur.rowcount == 1:
                     inserted += 1
@@ -586,10 +616,11 @@ class SqliteOutbox:
         priority: bool | None = None,
     ) -> list[OutboxRow]:
         """Unsent readings after `after_seq` in seq order; `priority` True: only the
-        flagged ones, False: only the others, None: all (issue 10)."""
+        flagged ones, False: only the others, None: all (issue 10). Readings held for
+        the clock's synchronisation (issue 13) are not among them."""
         sql = (
             "SELECT seq, id, device_id, payload, received_at FROM readings"
-            " WHERE delivered_at IS NULL AND seq > ?"
+            " WHERE delivered_at IS NULL AND seq > ? AND clock_hold = 0"
         )
         if priority is not None:
             sql += " AND priority > 0" if priority else " AND priority = 0"
@@ -603,6 +634,41 @@ class SqliteOutbox:
             OutboxRow(int(s), str(i), str(d), bytes(p), float(r))
             for s, i, d, p, r in self._db.execute(sql, params)
         ]
+
+    # -- held for the clock (issue 13) -----------------------------------------
+
+    @_mapped
+    def held(self) -> list[HeldRow]:
+        """The readings held back until the clock is synchronised, in seq order."""
+        rows = self._db.execute(
+            "SELECT seq, payload, stamp_boottime, stamp_boot_id FROM readings"
+            " WHERE clock_hold = 1 ORDER BY seq"
+        )
+        return [
+            HeldRow(
+                int(seq),
+                bytes(payload),
+                None if boottime is None or boot_id is None else ClockStamp(boottime, boot_id),
+            )
+            for seq, payload, boottime, boot_id in rows
+        ]
+
+    def release_held(self, releases: Sequence[tuple[int, bytes | None]]) -> int:
+        """Let held readings be published, each with its corrected payload or (None)
+        as it is; one transaction. Returns how many were still held."""
+
+        def work(db: sqlite3.Connection) -> int:
+            released = 0
+            for seq, payload in releases:
+                # coalesce: None keeps the stored payload (the reading goes out as it is).
+                released += db.execute(
+                    "UPDATE readings SET clock_hold = 0, payload = coalesce(?, payload)"
+                    " WHERE seq = ? AND clock_hold = 1",
+                    (payload, seq),
+                ).rowcount
+            return released
+
+        return self._write(work) if releases else 0
 
     @_mapped
     def stats(self) -> StoreStats:

@@ -10,7 +10,7 @@ from gateway.errors import StoreError
 
 log = logging.getLogger("gateway.store")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -21,12 +21,12 @@ CREATE TABLE IF NOT EXISTS readings (
     payload BLOB NOT NULL,
     received_at REAL NOT NULL,
     delivered_at REAL,
-    confirmed_at REAL%(v3_columns)s
+    confirmed_at REAL%(v3_columns)s%(v4_columns)s
 );
 CREATE INDEX IF NOT EXISTS readings_unsent ON readings(seq) WHERE delivered_at IS NULL;
 CREATE INDEX IF NOT EXISTS readings_delivered ON readings(delivered_at)
     WHERE delivered_at IS NOT NULL;
-%(v2_indexes)s%(v3_indexes)s
+%(v2_indexes)s%(v3_indexes)s%(v4_indexes)s
 CREATE TABLE IF NOT EXISTS devices (
     device_id TEXT PRIMARY KEY,
     last_reading_at REAL NOT NULL
@@ -58,10 +58,24 @@ _V3_INDEXES = """
 CREATE INDEX IF NOT EXISTS readings_priority ON readings(seq)
     WHERE delivered_at IS NULL AND priority > 0;
 """
+# Version 4 (issue 13, clock governance): a reading the hub stamped while its clock
+# was not synchronised is held back (clock_hold = 1) with the CLOCK_BOOTTIME and the
+# boot id of its stamp, so its time can be corrected once the clock is synchronised
+# (gateway/clockfix.py). Only these columns and their index.
+_V4_COLUMNS = (
+    "clock_hold INTEGER NOT NULL DEFAULT 0",
+    "stamp_boottime REAL",
+    "stamp_boot_id TEXT",
+)
+_V4_INDEXES = """
+CREATE INDEX IF NOT EXISTS readings_clock_hold ON readings(seq) WHERE clock_hold = 1;
+"""
 _SCHEMA = _SCHEMA % {
     "v2_indexes": _V2_INDEXES,
     "v3_columns": ",\n    " + _V3_COLUMN,
     "v3_indexes": _V3_INDEXES,
+    "v4_columns": "".join(",\n    " + column for column in _V4_COLUMNS),
+    "v4_indexes": _V4_INDEXES,
 }
 
 # In-place upgrades, each run in one transaction with the version bump: a crash
@@ -69,6 +83,7 @@ _SCHEMA = _SCHEMA % {
 _MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE readings ADD COLUMN confirmed_at REAL;" + _V2_INDEXES,
     2: f"ALTER TABLE readings ADD COLUMN {_V3_COLUMN};" + _V3_INDEXES,
+    3: "".join(f"ALTER TABLE readings ADD COLUMN {c};\n" for c in _V4_COLUMNS) + _V4_INDEXES,
 }
 
 

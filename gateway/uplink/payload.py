@@ -57,6 +57,8 @@ def encode_reading(
     }
     if reading.measured_at_quality is not None:
         doc["measured_at_quality"] = reading.measured_at_quality
+    if reading.device_clock_offset_s is not None:
+        doc["device_clock_offset_s"] = reading.device_clock_offset_s
     if flags:
         # Issue 10: outside the care plan's thresholds ("above:150021", "weight_gain").
         doc["flags"] = list(flags)

@@ -75,7 +75,9 @@ def test_hub_process_reads_the_simulator(
     config = tmp_path / "hub.toml"
     config.write_text(
         f'[gateway]\nid = "hub-sim"\nstate_dir = "{tmp_path / "state"}"\n\n'
-        f"[mqtt]\nport = {broker.port}\n\n"
+        # unsynced_hold_s 0: this machine's clock may be unsynchronised; the hub would
+        # hold its hub-stamped readings for minutes (issue 13, tests/test_clock_hold.py).
+        f"[mqtt]\nport = {broker.port}\nunsynced_hold_s = 0.0\n\n"
         # No button (issue 12): nobody can open the pairing window, so it stays open and
         # the virtual glucose meter pairs when met.
         f'[panel]\nbackend = "none"\n\n'

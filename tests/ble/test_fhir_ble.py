@@ -82,7 +82,14 @@ async def test_ble_devices_as_fhir_bundles_through_mosquitto(
     config = validate_config(
         {
             "gateway": {"id": "hub-ble", "state_dir": str(tmp_path / "state")},
-            "mqtt": {"host": "127.0.0.1", "port": broker.port, "payload": "fhir"},
+            # unsynced_hold_s 0: this machine's clock may be unsynchronised, and the
+            # hub-stamped readings would be held for minutes (issue 13).
+            "mqtt": {
+                "host": "127.0.0.1",
+                "port": broker.port,
+                "payload": "fhir",
+                "unsynced_hold_s": 0.0,
+            },
             "ble": {"stack": "bumble", "transport": air.transport, "connect_timeout_s": 5.0},
             "devices": [
                 {"id": "bp", "driver": "ble.blood_pressure", "address": bp.address, "idle_s": 2.0},

@@ -40,16 +40,19 @@ if TYPE_CHECKING:
     from bleak.backends.device import BLEDevice
 
 from gateway.backoff import Backoff
+from gateway.clockcheck import EARLIEST_PLAUSIBLE
 from gateway.drivers.base import Driver, DriverContext, DriverOptions
 from gateway.drivers.ble.profiles.date_time import (
     CURRENT_TIME_UUID,
     DATE_TIME_UUID,
+    decode_current_time,
     encode_current_time,
     encode_date_time,
 )
 from gateway.drivers.ble.recovery import AdapterError
 from gateway.drivers.ble.runtime import BleRuntime, bleak_error
 from gateway.errors import DecodeError, DriverError
+from gateway.reading import Reading
 
 MAC_PATTERN = r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$"
 CONNECT_ATTEMPTS = 3
@@ -59,6 +62,9 @@ FAILURES_BEFORE_ERROR = 5
 DISCONNECT_S = 2.0
 #: a device clock this far ahead of the hub's is wrong; the hub's time is used
 FUTURE_TOLERANCE = timedelta(minutes=10)
+#: A device time this long before the hub's build (clockcheck) was stamped by a clock
+#: never set: real stored records are months old at most when a device is first paired.
+DEVICE_CLOCK_UNSET_BEFORE = EARLIEST_PLAUSIBLE - timedelta(days=365)
 
 
 class BleOptions(DriverOptions):
@@ -109,6 +115,11 @@ class BleDriver(Driver):
         self.needs_pairing = False
         #: the pairing window's request count when a failed bond was last forgotten
         self._forgot_in = -1
+        #: issue 13: the device's clock minus the hub's, measured at this connection
+        #: (the coincident timestamp; None: not known), and when it is corrected
+        self.clock_offset_s: float | None = None
+        self._clock_synced_at_read = False
+        self._clock_correct_s = 60.0
 
     @property
     def ble_options(self) -> BleOptions:
@@ -241,6 +252,9 @@ class BleDriver(Driver):
         async with runtime.visiting():
             client, disconnected = await self._connect(runtime, device)
             try:
+                # Before the time is written: afterwards the device would agree with us.
+                self._clock_correct_s = runtime.section.clock_correct_s
+                await self._read_device_clock(client)
                 if self.ble_options.set_time:
                     await self._set_time(client)
                 return await self.session(client, disconnected)
@@ -248,6 +262,32 @@ class BleDriver(Driver):
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(DISCONNECT_S):
                         await client.disconnect()
+
+    async def _read_device_clock(self, client: BleakClient) -> None:
+        """Issue 13, the PHD IG's coincident timestamp: the device's Current Time read
+        against the hub's clock at the same moment, as `clock_offset_s`."""
+        self.clock_offset_s = None
+        char = client.services.get_characteristic(CURRENT_TIME_UUID)
+        if char is None or "read" not in char.properties:
+            return
+        try:
+            current = decode_current_time(await client.read_gatt_char(char))
+        except (DecodeError, bleak_error()) as exc:
+            self.context.logger.debug("device time not read (%s)", type(exc).__name__)
+            return
+        hub_now = self.context.clock.now()
+        if current.time is None:
+            return  # the device does not know the time
+        # Local wall time without a zone, read in the hub's zone (as its records are).
+        self.clock_offset_s = (current.time.astimezone() - hub_now).total_seconds()
+        self._clock_synced_at_read = self.context.clock_synced() is True
+
+    def with_clock_offset(self, reading: Reading) -> Reading:
+        """The reading with the measured device clock offset, when the hub's own clock
+        was synchronised to measure it against (else the offset means nothing)."""
+        if self.clock_offset_s is None or not self._clock_synced_at_read:
+            return reading
+        return reading.model_copy(update={"device_clock_offset_s": round(self.clock_offset_s, 1)})
 
     async def _set_time(self, client: BleakClient) -> None:
         if self.context.clock_synced() is not True:
@@ -278,15 +318,35 @@ class BleDriver(Driver):
     # -- helpers for sessions -----------------------------------------------------------------
 
     def measured_at(
-        self, device_time: datetime | None
+        self, device_time: datetime | None, *, time_fault: bool = False
     ) -> tuple[datetime, Literal["device", "hub"], tuple[str, ...]]:
-        """The device's local time in the hub's zone, or the hub's time when it has none."""
+        """The device's local time in the hub's zone, or the hub's time when it has none.
+
+        `time_fault`: the record itself says its time may be wrong (a glucose meter's
+        Sensor Status Annunciation bit 11); it is never corrected by the offset.
+        """
         now = self.context.clock.now()
         if device_time is None:
             return now, "hub", ()
         # A naive datetime's astimezone() takes it as the system's local time,
         # the hub's zone, with the DST rule of that date.
         aware = device_time.astimezone()
+        if aware < DEVICE_CLOCK_UNSET_BEFORE:
+            # Issue 13: stamped before the device's clock was set (a meter counting from
+            # its epoch after a battery change). Its time is kept, flagged: the offset
+            # measured now says nothing about a clock that was set since.
+            return aware, "device", ("device_clock_unset",)
+        offset = self.clock_offset_s
+        if (
+            not time_fault
+            and offset is not None
+            and self._clock_synced_at_read
+            and abs(offset) > self._clock_correct_s
+        ):
+            # Issue 13, the PHD IG's rule: a device clock off by more than the threshold
+            # (either way; a clock behind used to be taken as it was) is corrected by
+            # the offset measured at this connection, against a synchronised hub clock.
+            aware = (aware - timedelta(seconds=offset)).astimezone()
         if aware - now > FUTURE_TOLERANCE:
             return now, "hub", ("device_clock_ahead",)
         return aware, "device", ()

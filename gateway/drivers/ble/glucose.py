@@ -106,7 +106,7 @@ class GlucoseDriver(BleDriver):
                 continue
             if last is not None and record.sequence <= last:
                 continue  # not asked for; the meter ignored the filter
-            await self.context.emit(self.reading(record))
+            await self.context.emit(self.with_clock_offset(self.reading(record)))
             # Only now, with the record committed, does the cursor move on; shielded,
             # so a hub stopping right now still records what it stored.
             await asyncio.shield(cursors.set_cursor(options.id, CURSOR, record.sequence))
@@ -135,7 +135,8 @@ class GlucoseDriver(BleDriver):
     def reading(self, record: glucose.GlucoseMeasurement) -> Reading:
         unit = Ucum.MMOL_PER_L if record.unit == "mmol/L" else Ucum.MG_PER_DL
         code = _SAMPLE_CODES.get(record.sample_type, mdc.CONC_GLU_GEN)
-        when, source, flags = self.measured_at(record.time)
+        time_fault = "time_fault" in record.sensor_status
+        when, source, flags = self.measured_at(record.time, time_fault=time_fault)
         status = record.sensor_status + flags
         if record.control_solution:
             # A control-solution test checks the meter; it is never a patient value.

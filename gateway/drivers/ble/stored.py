@@ -96,7 +96,7 @@ class StoredRecordsDriver(BleDriver):
                 self.decode_failed(exc)
                 continue
             if reading is not None:
-                await self.context.emit(reading)
+                await self.context.emit(self.with_clock_offset(reading))
         return True
 
     def reading(self, data: bytes) -> Reading | None:

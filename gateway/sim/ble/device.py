@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from bumble.controller import Controller
@@ -28,6 +29,7 @@ from gateway.drivers.ble.profiles.date_time import (
     CURRENT_TIME_UUID,
     CurrentTime,
     decode_current_time,
+    encode_current_time,
 )
 from gateway.errors import DecodeError
 from gateway.sim.ble.air import VirtualAir
@@ -78,6 +80,9 @@ class VirtualPeripheral:
         self.pairings = 0
         self.encryptions = 0
         self.time_written: CurrentTime | None = None
+        #: issue 13: the device's clock against the real local time (None: it does not
+        #: know the time, Current Time reads as zeros); a write sets it right (0)
+        self.clock_offset: timedelta | None = None
         self.time_set = asyncio.Event()
         self.disconnected = asyncio.Event()
         self._advertising = False
@@ -182,13 +187,17 @@ class VirtualPeripheral:
         def write(_connection: Connection, value: bytes) -> None:
             try:
                 self.time_written = decode_current_time(value)
+                if self.time_written.time is not None:
+                    self.clock_offset = self.time_written.time - datetime.now()
             except DecodeError:
                 log.warning("virtual %s: bad Current Time write", self.name)
                 return
             self.time_set.set()
 
         def read(_connection: Connection) -> bytes:
-            return bytes(10)
+            if self.clock_offset is None:
+                return bytes(10)
+            return encode_current_time(datetime.now() + self.clock_offset)
 
         char: Characteristic[bytes] = Characteristic(
             short_uuid(CURRENT_TIME_UUID),

@@ -71,9 +71,11 @@ class GlucoseRecord:
     sequence: int
     when: datetime
     mg_dl: float
+    #: Sensor Status Annunciation bits, when the record carries them
+    status: int | None = None
 
     def encode(self) -> bytes:
-        return encode.glucose(self.sequence, self.when, self.mg_dl)
+        return encode.glucose(self.sequence, self.when, self.mg_dl, status=self.status)
 
 
 class GlucoseMeter(VirtualPeripheral):
@@ -133,9 +135,11 @@ class GlucoseMeter(VirtualPeripheral):
     def has_data(self) -> bool:
         return bool(self.records) and self.records[-1].sequence > self.reported_up_to
 
-    async def measure(self, when: datetime, mg_dl: float) -> GlucoseRecord:
+    async def measure(
+        self, when: datetime, mg_dl: float, status: int | None = None
+    ) -> GlucoseRecord:
         sequence = self.records[-1].sequence + 1 if self.records else 1
-        record = GlucoseRecord(sequence, when, mg_dl)
+        record = GlucoseRecord(sequence, when, mg_dl, status)
         self.records.append(record)
         await self.advertise()
         return record
