@@ -57,7 +57,7 @@ async def _run(workdir: Path, broker: MosquittoBroker) -> dict[str, float]:
     config = validate_config(
         {
             "gateway": {"id": "bench", "state_dir": str(workdir / "state")},
-            "mqtt": {"host": "127.0.0.1", "port": broker.port},
+            "mqtt": {"host": "127.0.0.1", "port": broker.port, "unsynced_hold_s": 0.0},
             "ble": {"stack": "bumble", "transport": f"tcp-client:127.0.0.1:{port}"},
             "panel": {"backend": "none"},
             "devices": [

@@ -151,7 +151,8 @@ def demo_config(
     text = resources.files("gateway").joinpath("data/demo.toml").read_text("utf-8")
     data = tomllib.loads(text)
     data.setdefault("gateway", {})["state_dir"] = str(state_dir)
-    data.setdefault("mqtt", {}).update(host="127.0.0.1", port=port)
+    # unsynced_hold_s 0: see bench.common.hub_config (the demo does the same).
+    data.setdefault("mqtt", {}).update(host="127.0.0.1", port=port, unsynced_hold_s=0.0)
     devices: list[dict[str, Any]] = data.get("devices", [])
     if idle:
         data["gateway"]["id"] = "bench-idle"

@@ -158,7 +158,12 @@ def _wait(what: str, check: Any, timeout_s: float, hub: HubProcess) -> None:
 def _config(work: Path, name: str, port: int, device: dict[str, Any], purge_s: float) -> Path:
     data = {
         "gateway": {"id": GATEWAY_ID, "state_dir": str(work / f"state-{name}")},
-        "mqtt": {"host": "127.0.0.1", "port": port, "client_id": f"bench-wear-{name}"},
+        "mqtt": {
+            "host": "127.0.0.1",
+            "port": port,
+            "client_id": f"bench-wear-{name}",
+            "unsynced_hold_s": 0.0,  # see bench.common.hub_config
+        },
         "store": {"synchronous": "full", "retention_hours": 0.0, "purge_interval_s": purge_s},
         "panel": {"backend": "none"},
         "devices": [{"id": "bp-1", "driver": "simulated", "kind": "blood_pressure", **device}],
