@@ -600,6 +600,10 @@ class MqttUplink:
             )
             if connack not in done:
                 why = lost.result() if lost in done else "no CONNACK in time"
+                if lost in done and s.cert_file is not None:
+                    # TLS 1.3: a broker that rejects the client certificate (another
+                    # CA, expired, revoked) closes after the handshake, before CONNACK.
+                    why += f"; the broker may refuse the hub's certificate ({s.cert_file.name})"
                 raise UplinkError(f"connection closed before CONNACK: {why}")
             rc, props = connack.result()
             if rc.is_failure:
