@@ -634,3 +634,32 @@ def test_payload_is_a_checked_config_key(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"mqtt\.payload"):
         load(bad)
+
+
+def test_a_measured_device_clock_offset_is_the_coincident_timestamp() -> None:
+    """coin-example.json: the gateway's time (effectiveDateTime) against the device's
+    (valueDateTime); here a cuff 6 minutes behind (issue 13 part 2), offset -360 s."""
+    base = reading(Kind.BLOOD_PRESSURE, BP, source="device")
+    r = base.model_copy(update={"device_clock_offset_s": -360.0})
+    bundle = bundle_of(r)
+    (cts,) = observations(bundle, CTS)
+    assert codes(cts["code"], MDC) == {"67975"}
+    assert cts["effectiveDateTime"] == "2026-11-22T08:14:05.123Z"
+    assert cts["valueDateTime"] == "2026-11-22T08:08:05.123Z"
+    assert "dataAbsentReason" not in cts
+    cts_url = full_url(bundle, CTS)
+    measured = [o for o in observations(bundle) if CTS not in o["meta"]["profile"]]
+    assert measured
+    for obs in measured:
+        assert {
+            "url": IG + "CoincidentTimeStampReference",
+            "valueReference": {"reference": cts_url},
+        } in obs["extension"]
+    # The template agrees with the reference, for this offset and another one (ahead).
+    _renders_as_the_reference(stored(r))
+    ahead = r.model_copy(update={"device_clock_offset_s": 75.5})
+    _renders_as_the_reference(stored(ahead))
+    (cts,) = observations(bundle_of(ahead), CTS)
+    assert cts["valueDateTime"] == "2026-11-22T08:15:20.623Z"
+    # Without an offset, no coincident timestamp at all.
+    assert observations(bundle_of(base), CTS) == []

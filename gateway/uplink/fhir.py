@@ -33,6 +33,7 @@ import json
 import string
 import uuid
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateway.uplink import fhir_codes as fc
@@ -119,6 +120,8 @@ class _Reading:
         self.bits: dict[str, tuple[fc.BitsType, dict[str, fc.Bit]]] = {}
         self.conditions: list[fc.MeasurementStatus] = []
         self.clock_faults: list[str] = []
+        #: issue 13: the device's clock minus the hub's, read at this connection
+        self.device_offset: float | str | None = doc.get("device_clock_offset_s")
         self.notes: list[str] = []
         for flag in doc.get("status", ()):
             self._classify(flag)
@@ -134,6 +137,11 @@ class _Reading:
     @functools.cached_property
     def cts_url(self) -> str:
         return _urn("cts", self.id)
+
+    @property
+    def has_cts(self) -> bool:
+        """A coincident timestamp goes with the reading: a clock fault, or a measured offset."""
+        return bool(self.clock_faults) or self.device_offset is not None
 
     def _classify(self, flag: str) -> None:
         bit = fc.bit_for(self.kind, flag)
@@ -191,7 +199,7 @@ class _Reading:
         ext: list[Json] = [
             {"url": fc.GATEWAY_DEVICE_EXTENSION, "valueReference": {"reference": self.phg_url}}
         ]
-        if self.clock_faults:
+        if self.has_cts:
             ext.append(
                 {
                     "url": fc.COINCIDENT_TIMESTAMP_EXTENSION,
@@ -205,13 +213,13 @@ class _Reading:
         test_data = any(c.test_data for c in self.conditions)
         key = (self.gateway, self.phg_url, self.phd_url, profile, vital, test_data)
         obs: Json = {
-            _SHARED: (*key, not self.clock_faults),
+            _SHARED: (*key, not self.has_cts),
             "identifier": [{"system": fc.CONDITIONAL_CREATE_SYSTEM, "value": identifier}],
             "status": "final",
             "code": code,
             "effectiveDateTime": self.doc["measured_at"],
         }
-        if self.clock_faults:
+        if self.has_cts:
             obs["extension"] = self.extensions()
         return obs
 
@@ -348,16 +356,25 @@ def _bits(r: _Reading, kind: fc.BitsType, bits: Iterable[fc.Bit], derived: str) 
     return obs
 
 
-def _coincident_timestamp(r: _Reading) -> Json:
-    """The device's clock could not be trusted: a coincident timestamp with a time fault.
+def device_time(received_at: str, offset_s: float) -> str:
+    """The device's clock when the hub's read `received_at`: that plus the measured offset."""
+    moment = datetime.fromisoformat(received_at.replace("Z", "+00:00")) + timedelta(
+        seconds=offset_s
+    )
+    moment = moment.astimezone(UTC)
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
 
-    The hub has not read the device's current time (clock governance, issue 13 part
-    2, is not built), so the value is absent, as in the IG's coin-example-timefault.
+
+def _coincident_timestamp(r: _Reading) -> Json:
+    """The PHD IG's coincident timestamp: the device's clock against the gateway's.
+
+    A clock fault: the device's time cannot be trusted, so the value is absent (as in the
+    IG's coin-example-timefault). Otherwise the offset the hub measured at this
+    connection (issue 13 part 2, `device_clock_offset_s`): `effectiveDateTime` is the
+    hub's time, `valueDateTime` the device's at that moment (the IG's coin-example).
     """
     code = {"coding": [_mdc_coding(int(fc.ATTR_TIME_ABS.code), fc.ATTR_TIME_ABS.display)]}
-    absent = _absent("unknown")
-    absent["text"] = "; ".join(dict.fromkeys(r.clock_faults))
-    return {
+    cts: Json = {
         "resourceType": "Observation",
         "meta": {"profile": [fc.COINCIDENT_TIMESTAMP_PROFILE]},
         "identifier": [{"system": fc.URI_SYSTEM, "value": r.cts_url}],
@@ -365,9 +382,18 @@ def _coincident_timestamp(r: _Reading) -> Json:
         "code": code,
         "subject": {"reference": r.phd_url},
         "effectiveDateTime": r.doc["received_at"],
-        "dataAbsentReason": absent,
-        "device": {"reference": r.phg_url},
     }
+    if r.clock_faults or not isinstance(r.device_offset, int | float):
+        if r.clock_faults:
+            absent = _absent("unknown")
+            absent["text"] = "; ".join(dict.fromkeys(r.clock_faults))
+            cts["dataAbsentReason"] = absent
+        else:  # a template's placeholder (see _template_doc)
+            cts["valueDateTime"] = r.device_offset
+    else:
+        cts["valueDateTime"] = device_time(r.doc["received_at"], r.device_offset)
+    cts["device"] = {"reference": r.phg_url}
+    return cts
 
 
 def _specializations() -> list[Json]:
@@ -486,7 +512,7 @@ def _observation_entries(r: _Reading) -> list[Json]:
     """The Observation entries in Bundle order."""
     doc = r.doc
     entries: list[Json] = []
-    if r.clock_faults:
+    if r.has_cts:
         cts = _coincident_timestamp(r)
         entries.append(_entry(r.cts_url, cts, cts["identifier"][0]))
     identifiers = _Identifiers(r.id)
@@ -551,6 +577,7 @@ _Shape = tuple[
     tuple[str, ...],
     tuple[_ValueShape, ...],
     tuple[str, ...],
+    bool,  # a measured device clock offset (a coincident timestamp with a value)
 ]
 
 
@@ -566,6 +593,7 @@ def _shape(doc: Json) -> _Shape:
         tuple(doc.get("status", ())),
         tuple((v["mdc"], v["code"], v["unit"], v["value"] is None) for v in doc["values"]),
         tuple(doc.get("flags", ())),
+        "device_clock_offset_s" in doc,
     )
 
 
@@ -575,8 +603,8 @@ def _placeholder(name: str) -> str:
 
 def _template_doc(shape: _Shape, reading_id: str) -> Json:
     """A native document of this shape, its variable parts placeholders."""
-    gateway, device_id, driver, kind, source, quality, status, values, flags = shape
-    return {
+    gateway, device_id, driver, kind, source, quality, status, values, flags, offset = shape
+    doc: Json = {
         "flags": list(flags),
         "id": reading_id,
         "gateway": gateway,
@@ -597,6 +625,9 @@ def _template_doc(shape: _Shape, reading_id: str) -> Json:
             for i, (number, code, unit, null) in enumerate(values)
         ],
     }
+    if offset:
+        doc["device_clock_offset_s"] = _placeholder("c")
+    return doc
 
 
 class _Template:
@@ -639,7 +670,7 @@ def _build_template(shape: _Shape, version: str, reading_id: str) -> _Template |
         text = text.replace(f'"{_MARK_JSON}v{i}{_MARK_JSON}"', f"{{v{i}}}")
     id_json = _string(reading_id)[1:-1]
     text = text.replace(id_json, "{id}")
-    for name in ("t", "r"):
+    for name in ("t", "r", "c"):
         text = text.replace(f"{_MARK_JSON}{name}{_MARK_JSON}", f"{{{name}}}")
     if _MARK_JSON in text:
         return None  # a placeholder in a place this does not know: no template
@@ -651,7 +682,7 @@ def _template(shape: _Shape, version: str) -> _Template | None:
     """The shape's template, or None (render it whole) when the shape is unsafe to cut:
     a constant part holding the mark, or a variable part the cut missed (checked by
     building it for two reading ids: they must give the same template)."""
-    gateway, device_id, driver, kind, source, quality, status, values, flags = shape
+    gateway, device_id, driver, kind, source, quality, status, values, flags, _ = shape
     constants = [gateway, device_id, driver, kind, source or "", quality or "", *status, *flags]
     constants += [f"{code}{unit}" for _, code, unit, _ in values]
     if any(_MARK in c for c in constants):
@@ -690,6 +721,9 @@ def render_fhir(payload: bytes, *, version: str) -> bytes:
         "t": _string(doc["measured_at"])[1:-1],
         "r": _string(doc.get("received_at", ""))[1:-1],
     }
+    if "device_clock_offset_s" in doc:
+        offset = doc["device_clock_offset_s"]
+        fields["c"] = _string(device_time(doc["received_at"], offset))[1:-1]
     for i, value in enumerate(doc["values"]):
         if value["value"] is not None:
             fields[f"v{i}"] = _number(value["value"])
