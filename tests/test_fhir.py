@@ -421,7 +421,7 @@ def test_full_urls_are_rfc_4122_name_based_uuids() -> None:
         assert fhir._urn(*parts) == f"urn:uuid:{expected}"
 
 
-@pytest.mark.parametrize("quality", ["synced", "unsynced", "unknown"])
+@pytest.mark.parametrize("quality", ["synced", "unsynced", "corrected", "unknown"])
 def test_the_hubs_clock_state_is_in_its_device_and_a_note(quality: str) -> None:
     """PhgDevice clockBitProperty 68219.8 mds-time-state-abs-time-synced (ASN1ToHL7)."""
     r = reading(Kind.TEMPERATURE, [(mdc.TEMP_BODY, 36.9, "Cel")], source="hub")
@@ -437,8 +437,10 @@ def test_the_hubs_clock_state_is_in_its_device_and_a_note(quality: str) -> None:
     if quality == "unknown":
         assert synced == [] and "note" not in obs
         return
-    assert synced[0]["valueCode"][0]["coding"][0]["code"] == ("Y" if quality == "synced" else "N")
-    assert ("note" in obs) == (quality == "unsynced")
+    assert synced[0]["valueCode"][0]["coding"][0]["code"] == ("N" if quality == "unsynced" else "Y")
+    assert ("note" in obs) == (quality in ("unsynced", "corrected"))
+    if quality == "corrected":
+        assert "corrected" in obs["note"][0]["text"]
     payload = stored(r)
     reference = reading_bundle(json.loads(payload), version="0.1.0")
     assert json.loads(render_fhir(payload, version="0.1.0")) == reference
@@ -663,3 +665,13 @@ def test_a_measured_device_clock_offset_is_the_coincident_timestamp() -> None:
     assert cts["valueDateTime"] == "2026-11-22T08:15:20.623Z"
     # Without an offset, no coincident timestamp at all.
     assert observations(bundle_of(base), CTS) == []
+
+
+def test_a_record_from_before_the_device_clock_was_set_is_a_clock_fault() -> None:
+    """Issue 13: `device_clock_unset` keeps the device's time; FHIR says it cannot be trusted."""
+    r = reading(Kind.GLUCOSE, EVERY_KIND[Kind.GLUCOSE], ("device_clock_unset",))
+    bundle = bundle_of(r)
+    (cts,) = observations(bundle, CTS)
+    assert codes(cts["dataAbsentReason"], fhir_codes.DATA_ABSENT_SYSTEM) == {"unknown"}
+    assert "clock not set" in cts["dataAbsentReason"]["text"]
+    _renders_as_the_reference(stored(r))

@@ -130,9 +130,12 @@ class _Reading:
         numbers = {v["mdc"] for v in doc["values"] if v["value"] is not None}
         for flag in doc.get("flags", ()):
             self._plan_flag(flag, numbers)
-        if doc.get("measured_at_quality") == "unsynced" and doc.get("measured_at_source") == "hub":
+        quality, source = doc.get("measured_at_quality"), doc.get("measured_at_source")
+        if quality == "unsynced" and source == "hub":
             # Issue 13: the gateway stamped it with a clock not yet synchronised.
             self.notes.append(fc.UNSYNCED_NOTE)
+        elif quality == "corrected" and source == "hub":
+            self.notes.append(fc.CORRECTED_NOTE)
 
     @functools.cached_property
     def cts_url(self) -> str:
@@ -427,11 +430,12 @@ def _phg_device(gateway: str, version: str, quality: str | None) -> Json:
             }
         ],
     }
-    if quality in ("synced", "unsynced"):
+    if quality in ("synced", "unsynced", "corrected"):
+        # "corrected": the clock is synchronised now, and the reading's time was set by it.
         device["property"].append(
             {
                 "type": {"coding": [_coding(fc.ASN1_SYSTEM, *_pair(fc.CLOCK_ABS_TIME_SYNCED))]},
-                "valueCode": [{"coding": [_yes_no(quality == "synced")]}],
+                "valueCode": [{"coding": [_yes_no(quality != "unsynced")]}],
             }
         )
     return device

@@ -84,6 +84,10 @@ CLOCK_ABS_TIME_SYNCED: Final = Code("68219.8", "mds-time-state-abs-time-synced")
 UNSYNCED_NOTE: Final = (
     "stamped by the gateway while its clock was not synchronised: the time may be wrong"
 )
+#: issue 13: held while unsynchronised, then corrected from the monotonic clock at sync
+CORRECTED_NOTE: Final = (
+    "stamped by the gateway before its clock was synchronised, and corrected when it was"
+)
 
 # Device.specialization[MDCType].systemType per reading kind (ValueSet DeviceTypes11073MDC).
 SPECIALIZATIONS: Final[dict[str, Code]] = {
@@ -301,6 +305,9 @@ CLOCK_FLAGS: Final[dict[str, str]] = {
     "device_clock_ahead": "device clock ahead of the gateway's: stamped at reception",
     # GSS glucose Sensor Status Annunciation bit 11: the meter's time may be wrong.
     "time_fault": "device time fault: its timestamp may be inaccurate",
+    # Issue 13: a record dated before the device's clock was set (over a year before the
+    # hub's build date); its time is kept as the device gave it, never shifted.
+    "device_clock_unset": "device clock not set when this was recorded: its time is the device's",
 }
 
 # -- dataAbsentReason for a null value -------------------------------------------------
