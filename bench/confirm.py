@@ -19,7 +19,6 @@ subscriber on '#' (bench.common.private_broker), so PUBACKs are 0x00.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,7 +35,7 @@ from bench.common import (
     private_broker,
     scratch_dir,
 )
-from bench.drain import prefill
+from bench.drain import prefill, seed_store
 from gateway.config import HubConfig
 from gateway.daemon import Hub
 from gateway.drivers.base import Driver
@@ -233,8 +232,7 @@ def run_drain(*, count: int = 20_000, rounds: int = 3) -> Result:
                 client_id = f"bench-confirm-drain-{i}-{confirm}"  # a session of its own
                 mqtt = {"confirm": confirm, "client_id": client_id}
                 config = hub_config(state, broker.port, mqtt=mqtt)
-                state.mkdir(parents=True)
-                shutil.copyfile(template, config.store_path)
+                seed_store(template, config)
                 out.append(asyncio.run(_drain(config, ids)))
         documents = backend.confirmations
     rate, base_rate = count / median(confirmed_s), count / median(plain_s)

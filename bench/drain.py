@@ -95,6 +95,12 @@ def prefill(path: Path, rows: list[Encoded]) -> None:
         raise RuntimeError(f"{path}: WAL left behind; the copy would miss readings")
 
 
+def seed_store(template: Path, config: HubConfig) -> None:
+    """Give `config`'s hub a copy of the pre-filled store `template` (see `prefill`)."""
+    config.gateway.state_dir.mkdir(parents=True)
+    shutil.copyfile(template, config.store_path)
+
+
 async def _hub_drain(config: HubConfig, count: int) -> DrainRun:
     loop = asyncio.get_running_loop()
     events = EventBus()
@@ -208,8 +214,7 @@ def run(*, count: int = 20_000, rounds: int = 3) -> list[Result]:
                 base_runs.append(_baseline_drain(rows, broker.port, window, f"bench-paho-{i}"))
                 base_runs[-1].cpu_seconds = _process_cpu() - cpu
                 config = hub_config(work / f"state{i}", broker.port)
-                config.gateway.state_dir.mkdir(parents=True)
-                shutil.copyfile(template, config.store_path)
+                seed_store(template, config)
                 cpu = _process_cpu()
                 hub_runs.append(asyncio.run(_hub_drain(config, count)))
                 hub_runs[-1].cpu_seconds = _process_cpu() - cpu

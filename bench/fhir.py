@@ -14,7 +14,6 @@ Rounds alternate baseline / subject; medians are compared. Target ratio >= 0.8.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 
 from bench.common import (
@@ -26,7 +25,7 @@ from bench.common import (
     private_broker,
     scratch_dir,
 )
-from bench.drain import _hub_drain, prefill
+from bench.drain import _hub_drain, prefill, seed_store
 from gateway.uplink.fhir import render_fhir
 from gateway.uplink.payload import encode_reading
 
@@ -76,8 +75,7 @@ def drain(*, count: int = 20_000, rounds: int = 3) -> Result:
         for i in range(rounds):
             for payload, rates in (("homehub", native_rates), ("fhir", fhir_rates)):
                 config = hub_config(work / f"{payload}{i}", broker.port, mqtt={"payload": payload})
-                config.gateway.state_dir.mkdir(parents=True)
-                shutil.copyfile(template, config.store_path)
+                seed_store(template, config)
                 rates.append(asyncio.run(_hub_drain(config, count)).rate(count))
     fhir_rate, native_rate = median(fhir_rates), median(native_rates)
     return Result(

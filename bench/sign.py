@@ -21,7 +21,6 @@ alone; TLS, the same on both sides in a real deployment, would bring it closer t
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,7 +39,7 @@ from bench.common import (
     private_broker,
     scratch_dir,
 )
-from bench.drain import _hub_drain, _process_cpu, prefill
+from bench.drain import _hub_drain, _process_cpu, prefill, seed_store
 from gateway.config import HubConfig
 from gateway.uplink.payload import encode_reading
 from gateway.uplink.sign import ReadingSigner
@@ -125,8 +124,7 @@ def drain(*, count: int = 20_000, rounds: int = 3) -> Result:
                 config = hub_config(work / f"{side}{i}", broker.port)
                 if side == "signed":
                     config = signed(config, key, cert)
-                config.gateway.state_dir.mkdir(parents=True)
-                shutil.copyfile(template, config.store_path)
+                seed_store(template, config)
                 before = _process_cpu()
                 rates.append(asyncio.run(_hub_drain(config, count)).rate(count))
                 cpu[side].append(_process_cpu() - before)
