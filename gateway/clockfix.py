@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
-from gateway.reading import Reading
+from gateway.reading import Reading, utc_iso_ms
 from gateway.store import ClockStamp, HeldRow
 from gateway.uplink.payload import iso_with_offset
 
@@ -86,7 +86,7 @@ def corrected_payload(payload: bytes, measured_at: datetime) -> bytes:
     shift = measured_at - datetime.fromisoformat(doc["measured_at"])
     received_at = datetime.fromisoformat(doc["received_at"]) + shift
     doc["measured_at"] = iso_with_offset(measured_at)
-    doc["received_at"] = received_at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    doc["received_at"] = utc_iso_ms(received_at)
     doc["measured_at_quality"] = "corrected"
     return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
 

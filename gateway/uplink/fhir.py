@@ -33,9 +33,10 @@ import json
 import string
 import uuid
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+from gateway.reading import utc_iso_ms
 from gateway.uplink import fhir_codes as fc
 
 CONTENT_TYPE = "application/fhir+json"
@@ -361,11 +362,7 @@ def _bits(r: _Reading, kind: fc.BitsType, bits: Iterable[fc.Bit], derived: str) 
 
 def device_time(received_at: str, offset_s: float) -> str:
     """The device's clock when the hub's read `received_at`: that plus the measured offset."""
-    moment = datetime.fromisoformat(received_at.replace("Z", "+00:00")) + timedelta(
-        seconds=offset_s
-    )
-    moment = moment.astimezone(UTC)
-    return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
+    return utc_iso_ms(datetime.fromisoformat(received_at) + timedelta(seconds=offset_s))
 
 
 def _coincident_timestamp(r: _Reading) -> Json:
