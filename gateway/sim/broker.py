@@ -175,28 +175,98 @@ class MosquittoBroker:
 
 
 class _Sink:
-    """The broker's own subscriber (`MosquittoBroker.subscriber`): takes and drops all."""
+    """The broker's own subscriber (`MosquittoBroker.subscriber`): takes and drops all.
+
+    Raw MQTT 5 on a socket, not paho: after its SUBACK it only reads bytes and throws
+    them away, never parsing a PUBLISH. The benchmarks run the hub under test in this
+    process; a paho subscriber here parsed every message (and its properties) on the
+    same GIL, which cost more than the hub's own publish path and grew with the
+    message size, so it was measuring the harness, not the hub (issue 13). QoS 0 and
+    keep-alive 0 (MQTT 5 §3.1.2.10): the broker expects nothing back, ever.
+    """
+
+    _CHUNK = 1 << 20
 
     def __init__(self, port: int, timeout_s: float) -> None:
-        import paho.mqtt.client as paho
-        from paho.mqtt.enums import CallbackAPIVersion
+        self._sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
+        try:
+            client_id = f"homehub-sim-sink-{port}".encode()
+            # CONNECT (§3.1): "MQTT", level 5, Clean Start, keep-alive 0, no properties.
+            self._send(0x10, b"\x00\x04MQTT\x05\x02\x00\x00\x00" + _utf8(client_id))
+            # SUBSCRIBE (§3.8): packet id 1, no properties, "#" at QoS 0.
+            self._send(0x82, b"\x00\x01\x00" + _utf8(b"#") + b"\x00")
+            self._expect_acks()
+        except (OSError, GatewayError) as why:
+            self._sock.close()
+            raise GatewayError(
+                f"mosquitto's subscriber could not subscribe on port {port}: {why}"
+            ) from None
+        self._sock.settimeout(None)
+        self._thread = threading.Thread(target=self._drain, daemon=True, name="mqtt-sink")
+        self._thread.start()
 
-        subscribed = threading.Event()
-        self.client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"homehub-sim-sink-{port}",
-            protocol=paho.MQTTv5,
-            reconnect_on_failure=False,
-        )
-        self.client.on_subscribe = lambda *_: subscribed.set()
-        self.client.on_connect = lambda c, *_: c.subscribe("#", qos=0)
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        if not subscribed.wait(timeout_s):
-            self.close()
-            raise GatewayError(f"mosquitto's subscriber could not subscribe on port {port}")
+    def _send(self, kind: int, body: bytes) -> None:
+        self._sock.sendall(bytes([kind]) + _varint(len(body)) + body)
+
+    def _expect_acks(self) -> None:
+        """Read packets until the SUBACK; a refusal is an error (CONNACK/SUBACK codes)."""
+        buffer = b""
+        while True:
+            chunk = self._sock.recv(4096)
+            if not chunk:
+                raise GatewayError("the broker closed the connection")
+            buffer += chunk
+            while len(buffer) >= 2:
+                length, used = _read_varint(buffer, 1)
+                if used == 0 or len(buffer) < 1 + used + length:
+                    break
+                kind, body = buffer[0] >> 4, buffer[1 + used : 1 + used + length]
+                buffer = buffer[1 + used + length :]
+                if kind == 2 and len(body) >= 2 and body[1] != 0:  # CONNACK reason code
+                    raise GatewayError(f"CONNACK reason code 0x{body[1]:02x}")
+                if kind == 9:  # SUBACK: packet id, properties, then one reason code
+                    plen, pused = _read_varint(body, 2)
+                    codes = body[2 + pused + plen :]
+                    if codes[:1] != b"\x00":
+                        raise GatewayError(f"SUBACK reason codes {codes.hex()}")
+                    return  # anything after it is PUBLISHes: the drain drops them
+
+    def _drain(self) -> None:
+        buffer = bytearray(self._CHUNK)
+        with contextlib.suppress(OSError):
+            while self._sock.recv_into(buffer):
+                pass
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.client.disconnect()
-            self.client.loop_stop()
+        with contextlib.suppress(OSError):
+            self._sock.sendall(b"\xe0\x00")  # DISCONNECT, normal
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+        self._thread.join(timeout=5)
+
+
+def _utf8(text: bytes) -> bytes:
+    """An MQTT UTF-8 string: two length bytes, then the bytes (§1.5.4)."""
+    return len(text).to_bytes(2, "big") + text
+
+
+def _varint(value: int) -> bytes:
+    """A Variable Byte Integer (§1.5.5)."""
+    out = bytearray()
+    while True:
+        value, digit = divmod(value, 128)
+        out.append(digit | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _read_varint(data: bytes, at: int) -> tuple[int, int]:
+    """(value, bytes used) of the Variable Byte Integer at `at`; used 0 if incomplete."""
+    value, shift = 0, 0
+    for used, byte in enumerate(data[at : at + 4], start=1):
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, used
+        shift += 7
+    return 0, 0
