@@ -51,6 +51,7 @@ from homehub_backend import db
 from homehub_backend.config import BackendConfig, read_secret
 from homehub_backend.db import BatchResult, ReadingRow, RejectedRow, StatusRow
 from homehub_backend.errors import DatabaseError
+from homehub_backend.mqttsock import BufferedClient
 from homehub_backend.validate import Row, Topics, classify, utc_now
 from homehub_backend.verify import Verifier
 
@@ -120,7 +121,9 @@ class Worker:
 
     def _make_client(self) -> paho.Client:
         b = self.config.broker
-        client = paho.Client(
+        # Reads the socket in large chunks: paho's own receive path makes ~5 system
+        # calls per reading (homehub_backend.mqttsock).
+        client = BufferedClient(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=b.client_id,
             protocol=paho.MQTTv5,
