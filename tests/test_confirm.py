@@ -381,3 +381,51 @@ async def test_inbox_hands_queued_messages_of_a_route_over_together_in_order() -
     fail = True
     acks = await inbox.dispatch_many([InboundMessage("a", b"6"), InboundMessage("a", b"7")])
     assert acks == [False, False]  # not committed: not acknowledged, delivered again
+
+
+async def test_a_burst_of_confirmations_is_one_commit_a_lone_one_is_committed_at_once(
+    tmp_path: Path,
+    broker_factory: Callable[..., MosquittoBroker],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gateway.store import Store
+
+    # A linger far longer than the test's waits, so what is grouped is unmistakable.
+    monkeypatch.setattr("gateway.daemon.CONFIRM_LINGER_S", 1.5)
+    commits: list[list[str]] = []
+    first_called = asyncio.Event()
+    release_first = asyncio.Event()
+    mark_confirmed = Store.mark_confirmed
+
+    async def held_first(self: Store, ids: Any) -> int:
+        commits.append(list(ids))
+        if len(commits) == 1:
+            first_called.set()
+            await release_first.wait()  # the store is busy with this commit
+        return await mark_confirmed(self, ids)
+
+    monkeypatch.setattr(Store, "mark_confirmed", held_first)
+    broker = broker_factory(subscriber=True)  # success PUBACKs, no confirming backend
+    events = EventBus()
+    seen = Seen(events)
+    async with running_hub(confirm_config(tmp_path, broker, 20), events) as hub:
+        ids = await seen.delivered_ids(20, 10)
+        # Alone: committed at once, not after the linger.
+        await asyncio.to_thread(publish_raw, broker.port, [(CONFIRM_TOPIC, confirm_doc(ids[:1]))])
+        await asyncio.wait_for(first_called.wait(), 1.0)
+        # Queued behind the held commit: the uplink is now in a burst.
+        await asyncio.to_thread(
+            publish_raw, broker.port, [(CONFIRM_TOPIC, confirm_doc([i])) for i in ids[1:5]]
+        )
+        release_first.set()
+        # Well after the queued ones could have been committed without a linger, more
+        # arrive: they join the same commit.
+        await asyncio.sleep(0.2)
+        await asyncio.to_thread(
+            publish_raw, broker.port, [(CONFIRM_TOPIC, confirm_doc([i])) for i in ids[5:]]
+        )
+        await seen.confirmed_ids(set(ids), 10)
+        assert commits == [ids[:1], ids[1:]]
+        assert hub.store is not None and hub.confirmations is not None
+        assert hub.confirmations.confirmed == 20
+        assert (await hub.store.stats()).unconfirmed == 0
