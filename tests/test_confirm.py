@@ -429,3 +429,48 @@ async def test_a_burst_of_confirmations_is_one_commit_a_lone_one_is_committed_at
         assert hub.store is not None and hub.confirmations is not None
         assert hub.confirmations.confirmed == 20
         assert (await hub.store.stats()).unconfirmed == 0
+
+
+def test_parse_confirmation_accepts_exactly_what_the_schema_accepts() -> None:
+    # parse_confirmation checks the ids itself and lets the schema check the rest with
+    # the first id only (speed): the verdict must be the schema's on the whole document.
+    from homehub_contract import validator
+
+    from gateway.uplink.confirm import BadConfirmation, parse_confirmation
+
+    base: dict[str, Any] = {"schema": "homehub.confirm/1", "gateway": "hub-test", "ids": ["a"]}
+    docs: list[Any] = [
+        base,
+        {**base, "ids": [f"r{i}" for i in range(1000)]},
+        {**base, "ids": [f"r{i}" for i in range(1001)]},
+        {**base, "ids": []},
+        {**base, "ids": ["a", "b", "a"]},
+        {**base, "ids": ["a", ""]},
+        {**base, "ids": ["a", "x" * 64]},
+        {**base, "ids": ["a", "x" * 65]},
+        {**base, "ids": ["a", "\u00e9" * 64]},  # 64 code points, 128 bytes
+        {**base, "ids": ["a", 7]},
+        {**base, "ids": ["a", None]},
+        {**base, "ids": "a"},
+        {**base, "ids": {"a": 1}},
+        {**base, "confirmed_at": "2026-12-03T15:00:00.000Z"},
+        {**base, "confirmed_at": "2026-12-03T15:00:00+01:00"},
+        {**base, "confirmed_at": 5},
+        {**base, "schema": "homehub.confirm/2"},
+        {**base, "gateway": "hub test"},
+        {**base, "extra": "ignored"},
+        {k: v for k, v in base.items() if k != "schema"},
+        {k: v for k, v in base.items() if k != "ids"},
+        ["a"],
+        "a",
+    ]
+    schema = validator("confirm-1")
+    for doc in docs:
+        payload = json.dumps(doc).encode()
+        try:
+            ids = parse_confirmation(payload, "hub-test")
+        except BadConfirmation:
+            assert not schema.is_valid(doc), doc
+        else:
+            assert schema.is_valid(doc), doc
+            assert ids == doc["ids"]

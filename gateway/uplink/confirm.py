@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from homehub_contract import CONFIRM_SCHEMA, MAX_CONFIRM_IDS, validator
+from homehub_contract import CONFIRM_SCHEMA, MAX_CONFIRM_IDS, load_schema, validator
 
 from gateway.events import EventBus, ReadingsConfirmed
 from gateway.uplink.inbox import InboundMessage
@@ -55,6 +55,41 @@ class BadConfirmation(ValueError):
     """Why a confirmation is ignored (safe to log: no ids, no payload)."""
 
 
+def _ids_rule() -> tuple[int, int, int, int] | None:
+    """confirm-1's rule for `ids` as (min/max items, min/max length), if it is only that.
+
+    Read from the schema itself, so the schema stays the one definition: should it
+    ever say more about `ids` than these, every document is checked by the schema whole.
+    """
+    rule = load_schema("confirm-1")["properties"]["ids"]
+    items = rule.get("items", {})
+    known = {"type", "minItems", "maxItems", "uniqueItems", "items", "description"}
+    if (
+        set(rule) != known
+        or rule["type"] != "array"
+        or rule["uniqueItems"] is not True
+        or set(items) != {"type", "minLength", "maxLength"}
+        or items["type"] != "string"
+    ):
+        return None
+    return rule["minItems"], rule["maxItems"], items["minLength"], items["maxLength"]
+
+
+_IDS_RULE = _ids_rule()
+
+
+def _ids_fit(ids: object) -> bool:
+    """Whether `ids` certainly meets confirm-1's rule for `ids` (False: not known)."""
+    if _IDS_RULE is None or type(ids) is not list:
+        return False
+    least, most, shortest, longest = _IDS_RULE
+    return (
+        least <= len(ids) <= most
+        and all(type(i) is str and shortest <= len(i) <= longest for i in ids)
+        and len(set(ids)) == len(ids)
+    )
+
+
 def parse_confirmation(payload: bytes, gateway_id: str) -> list[str]:
     """The ids of a valid `homehub.confirm/1` document for this hub; else BadConfirmation."""
     if len(payload) > MAX_CONFIRM_BYTES:
@@ -63,7 +98,13 @@ def parse_confirmation(payload: bytes, gateway_id: str) -> list[str]:
         doc = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise BadConfirmation("not JSON") from None
-    errors = sorted(validator("confirm-1").iter_errors(doc), key=lambda e: list(e.path))
+    checked = doc
+    if type(doc) is dict and _ids_fit(doc.get("ids")):
+        # The usual document. The validator walks every id (~15 us each, on the event
+        # loop: a 20,000-reading drain spent more there than in its publishing); the
+        # ids meet their rule already, so the schema checks the rest with the first.
+        checked = {**doc, "ids": doc["ids"][:1]}
+    errors = sorted(validator("confirm-1").iter_errors(checked), key=lambda e: list(e.path))
     if errors:
         first = errors[0]
         where = "/".join(str(p) for p in first.absolute_path) or "(document)"
