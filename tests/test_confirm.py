@@ -210,7 +210,10 @@ async def test_confirm_round_trip_through_mosquitto(
             doc = hub.status.document(stats)
             assert doc["unconfirmed"] == 0 and doc["oldest_unconfirmed_age_s"] is None
             assert doc["last_confirmation_at"] is not None
+            backend.wait_idle(5, 5)  # (a benchmark's wait between rounds)
             assert set(ids) == set(backend.received) == backend.confirmed
+            with pytest.raises(TimeoutError):
+                backend.wait_idle(6, 0.05)  # a sixth reading never came
             # The panel said "sent", and only once the latest reading was confirmed.
             await seen.until(lambda: bool(seen.sent_shown), 5)
     assert all(seen.sent_shown), seen.sent_shown
