@@ -477,3 +477,22 @@ def test_parse_confirmation_accepts_exactly_what_the_schema_accepts() -> None:
         else:
             assert schema.is_valid(doc), doc
             assert ids == doc["ids"]
+
+
+async def test_the_confirmer_in_a_process_of_its_own_confirms_and_reports_idle(
+    tmp_path: Path, broker_factory: Callable[..., MosquittoBroker]
+) -> None:
+    # bench/confirm.py runs it so (`python -m gateway.sim.confirmer`), off the hub's GIL.
+    from bench.confirm import RemoteConfirmer
+
+    broker = broker_factory(subscriber=False)  # the confirmer is the only subscriber
+    events = EventBus()
+    seen = Seen(events)
+    with RemoteConfirmer(broker.port, "homehub") as backend:
+        async with running_hub(confirm_config(tmp_path, broker, 3), events):
+            ids = await seen.delivered_ids(3, 10)
+            await seen.confirmed_ids(set(ids), 10)
+            await asyncio.to_thread(backend.wait_idle, 3, 5)
+            assert backend.confirmations >= 1
+            with pytest.raises(TimeoutError):
+                await asyncio.to_thread(backend.wait_idle, 4, 0.2)

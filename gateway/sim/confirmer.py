@@ -158,3 +158,34 @@ class Confirmer:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m gateway.sim.confirmer PORT PREFIX`: a Confirmer in a process of its own.
+
+    For the benchmarks (bench/confirm.py), so that it does not share the measured
+    hub's interpreter. One line in, one line out: it prints `ok N` (N documents
+    published so far) once subscribed, after `idle RECEIVED TIMEOUT_S` (see
+    `wait_idle`; `timeout ...` if not) and after `stop`, then exits.
+    """
+    import sys
+
+    port, prefix = (argv if argv is not None else sys.argv[1:])[:2]
+    with Confirmer(int(port), prefix=prefix) as backend:
+        print("ok", backend.confirmations, flush=True)
+        for line in sys.stdin:
+            words = line.split()
+            if words[:1] == ["idle"]:
+                try:
+                    backend.wait_idle(int(words[1]), float(words[2]))
+                except TimeoutError as why:
+                    print("timeout", str(why).replace("\n", " "), flush=True)
+                    continue
+            print("ok", backend.confirmations, flush=True)
+            if words[:1] == ["stop"]:
+                break
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
