@@ -461,21 +461,31 @@ def test_parse_confirmation_accepts_exactly_what_the_schema_accepts() -> None:
         {**base, "confirmed_at": 5},
         {**base, "schema": "homehub.confirm/2"},
         {**base, "gateway": "hub test"},
+        {**base, "gateway": "hub-test\n"},  # what `pattern` (a search) makes of "$"
+        {**base, "gateway": "h" * 65},
+        {**base, "gateway": 5},
+        {**base, "schema": 1},
+        {**base, "confirmed_at": "2026-12-03T15:00:00Z", "extra": [1, 2]},
         {**base, "extra": "ignored"},
         {k: v for k, v in base.items() if k != "schema"},
         {k: v for k, v in base.items() if k != "ids"},
         ["a"],
         "a",
     ]
+    # The checks one by one apply to the usual documents (else this test proves little).
+    from gateway.uplink.confirm import _plainly_valid
+
+    assert _plainly_valid(base) and _plainly_valid(docs[13])
     schema = validator("confirm-1")
     for doc in docs:
+        assert not _plainly_valid(doc) or schema.is_valid(doc), doc
         payload = json.dumps(doc).encode()
         try:
             ids = parse_confirmation(payload, "hub-test")
         except BadConfirmation:
-            assert not schema.is_valid(doc), doc
+            assert not (schema.is_valid(doc) and doc["gateway"] == "hub-test"), doc
         else:
-            assert schema.is_valid(doc), doc
+            assert schema.is_valid(doc) and doc["gateway"] == "hub-test", doc
             assert ids == doc["ids"]
 
 
