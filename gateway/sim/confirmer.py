@@ -161,7 +161,7 @@ class Confirmer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m gateway.sim.confirmer PORT PREFIX`: a Confirmer in a process of its own.
+    """`python -m gateway.sim.confirmer PORT PREFIX [BATCH_S]`: a Confirmer in a process of its own.
 
     For the benchmarks (bench/confirm.py), so that it does not share the measured
     hub's interpreter. One line in, one line out: it prints `ok N` (N documents
@@ -170,8 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     """
     import sys
 
-    port, prefix = (argv if argv is not None else sys.argv[1:])[:2]
-    with Confirmer(int(port), prefix=prefix) as backend:
+    args = argv if argv is not None else sys.argv[1:]
+    port, prefix = args[:2]
+    batch_s = float(args[2]) if len(args) > 2 else 0.002
+    with Confirmer(int(port), prefix=prefix, batch_s=batch_s) as backend:
         print("ok", backend.confirmations, flush=True)
         for line in sys.stdin:
             words = line.split()
