@@ -66,7 +66,12 @@ from gateway.reading import Reading
 from gateway.sdnotify import SystemdNotifier
 from gateway.status import DeviceStatus, StatusTracker, iso_utc
 from gateway.store import Recovery, Store
-from gateway.uplink.confirm import MAX_CONFIRM_BYTES, ConfirmHandler, ConfirmWatch
+from gateway.uplink.confirm import (
+    CONFIRM_LINGER_S,
+    MAX_CONFIRM_BYTES,
+    ConfirmHandler,
+    ConfirmWatch,
+)
 from gateway.uplink.inbox import Inbox
 from gateway.uplink.mqtt import MqttUplink
 from gateway.uplink.payload import encode_status
@@ -350,7 +355,13 @@ class Hub:
         if cfg.mqtt.confirm:
             handler = ConfirmHandler(cfg.gateway.id, self.store.mark_confirmed, self.events)
             topic = confirm_topic(cfg.mqtt.topic_prefix, cfg.gateway.id)
-            inbox.route(topic, handler, max_bytes=MAX_CONFIRM_BYTES, batch=handler.many)
+            inbox.route(
+                topic,
+                handler,
+                max_bytes=MAX_CONFIRM_BYTES,
+                batch=handler.many,
+                linger_s=CONFIRM_LINGER_S,
+            )
         channel = self.command_channel
         if channel is not None:  # issue 10: {prefix}/{gateway}/command/#
             channel.prefix = cfg.mqtt.topic_prefix

@@ -210,7 +210,10 @@ async def test_confirm_round_trip_through_mosquitto(
             doc = hub.status.document(stats)
             assert doc["unconfirmed"] == 0 and doc["oldest_unconfirmed_age_s"] is None
             assert doc["last_confirmation_at"] is not None
+            backend.wait_idle(5, 5)  # (a benchmark's wait between rounds)
             assert set(ids) == set(backend.received) == backend.confirmed
+            with pytest.raises(TimeoutError):
+                backend.wait_idle(6, 0.05)  # a sixth reading never came
             # The panel said "sent", and only once the latest reading was confirmed.
             await seen.until(lambda: bool(seen.sent_shown), 5)
     assert all(seen.sent_shown), seen.sent_shown
@@ -381,3 +384,125 @@ async def test_inbox_hands_queued_messages_of_a_route_over_together_in_order() -
     fail = True
     acks = await inbox.dispatch_many([InboundMessage("a", b"6"), InboundMessage("a", b"7")])
     assert acks == [False, False]  # not committed: not acknowledged, delivered again
+
+
+async def test_a_burst_of_confirmations_is_one_commit_a_lone_one_is_committed_at_once(
+    tmp_path: Path,
+    broker_factory: Callable[..., MosquittoBroker],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gateway.store import Store
+
+    # A linger far longer than the test's waits, so what is grouped is unmistakable.
+    monkeypatch.setattr("gateway.daemon.CONFIRM_LINGER_S", 1.5)
+    commits: list[list[str]] = []
+    first_called = asyncio.Event()
+    release_first = asyncio.Event()
+    mark_confirmed = Store.mark_confirmed
+
+    async def held_first(self: Store, ids: Any) -> int:
+        commits.append(list(ids))
+        if len(commits) == 1:
+            first_called.set()
+            await release_first.wait()  # the store is busy with this commit
+        return await mark_confirmed(self, ids)
+
+    monkeypatch.setattr(Store, "mark_confirmed", held_first)
+    broker = broker_factory(subscriber=True)  # success PUBACKs, no confirming backend
+    events = EventBus()
+    seen = Seen(events)
+    async with running_hub(confirm_config(tmp_path, broker, 20), events) as hub:
+        ids = await seen.delivered_ids(20, 10)
+        # Alone: committed at once, not after the linger.
+        await asyncio.to_thread(publish_raw, broker.port, [(CONFIRM_TOPIC, confirm_doc(ids[:1]))])
+        await asyncio.wait_for(first_called.wait(), 1.0)
+        # Queued behind the held commit: the uplink is now in a burst.
+        await asyncio.to_thread(
+            publish_raw, broker.port, [(CONFIRM_TOPIC, confirm_doc([i])) for i in ids[1:5]]
+        )
+        release_first.set()
+        # Well after the queued ones could have been committed without a linger, more
+        # arrive: they join the same commit.
+        await asyncio.sleep(0.2)
+        await asyncio.to_thread(
+            publish_raw, broker.port, [(CONFIRM_TOPIC, confirm_doc([i])) for i in ids[5:]]
+        )
+        await seen.confirmed_ids(set(ids), 10)
+        assert commits == [ids[:1], ids[1:]]
+        assert hub.store is not None and hub.confirmations is not None
+        assert hub.confirmations.confirmed == 20
+        assert (await hub.store.stats()).unconfirmed == 0
+
+
+def test_parse_confirmation_accepts_exactly_what_the_schema_accepts() -> None:
+    # parse_confirmation checks the ids itself and lets the schema check the rest with
+    # the first id only (speed): the verdict must be the schema's on the whole document.
+    from homehub_contract import validator
+
+    from gateway.uplink.confirm import BadConfirmation, parse_confirmation
+
+    base: dict[str, Any] = {"schema": "homehub.confirm/1", "gateway": "hub-test", "ids": ["a"]}
+    docs: list[Any] = [
+        base,
+        {**base, "ids": [f"r{i}" for i in range(1000)]},
+        {**base, "ids": [f"r{i}" for i in range(1001)]},
+        {**base, "ids": []},
+        {**base, "ids": ["a", "b", "a"]},
+        {**base, "ids": ["a", ""]},
+        {**base, "ids": ["a", "x" * 64]},
+        {**base, "ids": ["a", "x" * 65]},
+        {**base, "ids": ["a", "\u00e9" * 64]},  # 64 code points, 128 bytes
+        {**base, "ids": ["a", 7]},
+        {**base, "ids": ["a", None]},
+        {**base, "ids": "a"},
+        {**base, "ids": {"a": 1}},
+        {**base, "confirmed_at": "2026-12-03T15:00:00.000Z"},
+        {**base, "confirmed_at": "2026-12-03T15:00:00+01:00"},
+        {**base, "confirmed_at": 5},
+        {**base, "schema": "homehub.confirm/2"},
+        {**base, "gateway": "hub test"},
+        {**base, "gateway": "hub-test\n"},  # what `pattern` (a search) makes of "$"
+        {**base, "gateway": "h" * 65},
+        {**base, "gateway": 5},
+        {**base, "schema": 1},
+        {**base, "confirmed_at": "2026-12-03T15:00:00Z", "extra": [1, 2]},
+        {**base, "extra": "ignored"},
+        {k: v for k, v in base.items() if k != "schema"},
+        {k: v for k, v in base.items() if k != "ids"},
+        ["a"],
+        "a",
+    ]
+    # The checks one by one apply to the usual documents (else this test proves little).
+    from gateway.uplink.confirm import _plainly_valid
+
+    assert _plainly_valid(base) and _plainly_valid(docs[13])
+    schema = validator("confirm-1")
+    for doc in docs:
+        assert not _plainly_valid(doc) or schema.is_valid(doc), doc
+        payload = json.dumps(doc).encode()
+        try:
+            ids = parse_confirmation(payload, "hub-test")
+        except BadConfirmation:
+            assert not (schema.is_valid(doc) and doc["gateway"] == "hub-test"), doc
+        else:
+            assert schema.is_valid(doc) and doc["gateway"] == "hub-test", doc
+            assert ids == doc["ids"]
+
+
+async def test_the_confirmer_in_a_process_of_its_own_confirms_and_reports_idle(
+    tmp_path: Path, broker_factory: Callable[..., MosquittoBroker]
+) -> None:
+    # bench/confirm.py runs it so (`python -m gateway.sim.confirmer`), off the hub's GIL.
+    from bench.confirm import RemoteConfirmer
+
+    broker = broker_factory(subscriber=False)  # the confirmer is the only subscriber
+    events = EventBus()
+    seen = Seen(events)
+    with RemoteConfirmer(broker.port, "homehub") as backend:
+        async with running_hub(confirm_config(tmp_path, broker, 3), events):
+            ids = await seen.delivered_ids(3, 10)
+            await seen.confirmed_ids(set(ids), 10)
+            await asyncio.to_thread(backend.wait_idle, 3, 5)
+            assert backend.confirmations >= 1
+            with pytest.raises(TimeoutError):
+                await asyncio.to_thread(backend.wait_idle, 4, 0.2)

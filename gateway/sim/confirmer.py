@@ -39,6 +39,8 @@ class Confirmer:
         self._pending: dict[str, list[str]] = defaultdict(list)  # gateway -> ids
         self._cond = threading.Condition()
         self._closed = False
+        self._flushing = False  # publishing what it took from _pending
+        self._last_publish: paho.MQTTMessageInfo | None = None
         self._subscribed = threading.Event()
         self.client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -96,16 +98,22 @@ class Confirmer:
             time.sleep(self.batch_s)  # let a burst gather into one document
             with self._cond:
                 pending, self._pending = self._pending, defaultdict(list)
+                self._flushing = True
             for gateway, ids in pending.items():
                 unique = list(dict.fromkeys(ids))
                 for start in range(0, len(unique), MAX_CONFIRM_IDS):
                     chunk = unique[start : start + MAX_CONFIRM_IDS]
                     doc = {"schema": CONFIRM_SCHEMA, "gateway": gateway, "ids": chunk}
-                    self.client.publish(confirm_topic(self.prefix, gateway), json.dumps(doc), qos=1)
+                    topic = confirm_topic(self.prefix, gateway)
+                    info = self.client.publish(topic, json.dumps(doc), qos=1)
                     with self._cond:
+                        self._last_publish = info
                         self.confirmed.update(chunk)
                         self.confirmations += 1
                         self._cond.notify_all()
+            with self._cond:
+                self._flushing = False
+                self._cond.notify_all()
 
     def wait_received(self, count: int, timeout_s: float) -> list[str]:
         with self._cond:
@@ -114,6 +122,28 @@ class Confirmer:
                     f"confirmer: {len(set(self.received))} of {count} readings in {timeout_s} s"
                 )
             return list(self.received)
+
+    def wait_idle(self, received: int, timeout_s: float) -> None:
+        """Until `received` readings in all (duplicates too) came and all are confirmed.
+
+        A benchmark runs the same readings in several rounds: a round must not start
+        while confirmations of the last one's are still on their way (they would
+        confirm this round's readings before it sends them).
+        """
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            if not self._cond.wait_for(
+                lambda: len(self.received) >= received and not self._pending and not self._flushing,
+                timeout_s,
+            ):
+                raise TimeoutError(
+                    f"confirmer: {len(self.received)} of {received} readings, not idle in"
+                    f" {timeout_s} s"
+                )
+            last = self._last_publish
+        if last is not None:
+            # Its PUBACK: the broker has routed every confirmation sent before it.
+            last.wait_for_publish(max(0.0, deadline - time.monotonic()))
 
     def stop(self) -> None:
         with self._cond:
@@ -128,3 +158,36 @@ class Confirmer:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m gateway.sim.confirmer PORT PREFIX [BATCH_S]`: a Confirmer in a process of its own.
+
+    For the benchmarks (bench/confirm.py), so that it does not share the measured
+    hub's interpreter. One line in, one line out: it prints `ok N` (N documents
+    published so far) once subscribed, after `idle RECEIVED TIMEOUT_S` (see
+    `wait_idle`; `timeout ...` if not) and after `stop`, then exits.
+    """
+    import sys
+
+    args = argv if argv is not None else sys.argv[1:]
+    port, prefix = args[:2]
+    batch_s = float(args[2]) if len(args) > 2 else 0.002
+    with Confirmer(int(port), prefix=prefix, batch_s=batch_s) as backend:
+        print("ok", backend.confirmations, flush=True)
+        for line in sys.stdin:
+            words = line.split()
+            if words[:1] == ["idle"]:
+                try:
+                    backend.wait_idle(int(words[1]), float(words[2]))
+                except TimeoutError as why:
+                    print("timeout", str(why).replace("\n", " "), flush=True)
+                    continue
+            print("ok", backend.confirmations, flush=True)
+            if words[:1] == ["stop"]:
+                break
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

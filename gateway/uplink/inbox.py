@@ -53,6 +53,9 @@ class Route:
     handler: Handler
     max_bytes: int
     batch: BatchHandler | None = None
+    # How long the oldest of a batch route's messages may wait for more while the
+    # route is busy (see MqttUplink._take_inbound): one commit for a burst.
+    linger_s: float = 0.0
 
 
 class Inbox:
@@ -63,13 +66,27 @@ class Inbox:
         self._prefixes: dict[str, Route] = {}  # "a/b/command" -> route of "a/b/command/#"
 
     def route(
-        self, topic: str, handler: Handler, *, max_bytes: int, batch: BatchHandler | None = None
+        self,
+        topic: str,
+        handler: Handler,
+        *,
+        max_bytes: int,
+        batch: BatchHandler | None = None,
+        linger_s: float = 0.0,
     ) -> None:
+        """Route `topic` to `handler`; with `batch`, messages that queued up go to it at once.
+
+        `linger_s` (batch routes only): while messages of the route keep queuing
+        behind the batch being handled (a burst), the next batch waits up to this
+        long after its oldest message arrived for more to join it.
+        """
         if "+" in topic or "#" in topic:
             raise ValueError(f"a route is an exact topic, not a filter: {topic!r}")
         if topic in self._routes:
             raise ValueError(f"{topic!r} already has a route")
-        self._routes[topic] = Route(topic, handler, max_bytes, batch)
+        if linger_s and batch is None:
+            raise ValueError(f"{topic!r}: only a batch route lingers")
+        self._routes[topic] = Route(topic, handler, max_bytes, batch, linger_s)
 
     def prefix_route(self, prefix: str, handler: Handler, *, max_bytes: int) -> None:
         """Route every topic below `prefix` (subscribed as `{prefix}/#`) to `handler`."""
@@ -86,6 +103,11 @@ class Inbox:
 
     def __bool__(self) -> bool:
         return bool(self._routes) or bool(self._prefixes)
+
+    def linger_s(self, topic: str) -> float:
+        """How long a message on `topic` may wait for others in a burst (0: none)."""
+        route = self._route_for(topic)
+        return route.linger_s if route is not None else 0.0
 
     def _route_for(self, topic: str) -> Route | None:
         route = self._routes.get(topic)

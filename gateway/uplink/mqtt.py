@@ -226,6 +226,7 @@ class MqttUplink:
         self._inbox = inbox if inbox else None
         self._inbound: deque[tuple[paho.Client, paho.MQTTMessage, float]] = deque()
         self._inbox_worker: asyncio.Task[None] | None = None
+        self._inbound_more = asyncio.Event()  # set by each received message
         self.connected = asyncio.Event()
         self.delivered_count = 0
         self._trial: _IdentityTrial | None = None
@@ -402,6 +403,7 @@ class MqttUplink:
         self._stopping = True
         self._marks_due.set()
         self._queue.wake.set()
+        self._inbound_more.set()  # a batch lingering for more is handled now
         session = self._session
         if session is not None:
             # No new readings and no "online" status after this point.
@@ -908,6 +910,7 @@ class MqttUplink:
 
     def _on_message(self, client: paho.Client, message: paho.MQTTMessage, at: float) -> None:
         self._inbound.append((client, message, at))
+        self._inbound_more.set()
         if self._inbox_worker is None or self._inbox_worker.done():
             self._inbox_worker = asyncio.create_task(self._take_inbound(), name="mqtt-inbox")
 
@@ -916,6 +919,7 @@ class MqttUplink:
         PUBACK them (what queued while the last batch committed is one batch: group commit).
         """
         assert self._inbox is not None
+        busy = False  # messages queued while the last batch was being handled
         while self._inbound:
             if not self.connected.is_set():
                 # Handed over between the CONNACK and _serve taking the session (the
@@ -923,6 +927,8 @@ class MqttUplink:
                 # and the acknowledgement need that session (issue 14, cert/install).
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.connected.wait(), INBOX_SESSION_WAIT_S)
+            if busy:
+                await self._gather_inbound()
             taken = [self._inbound.popleft() for _ in range(min(INBOX_BATCH, len(self._inbound)))]
             inbound = [_inbound_message(m, at) for _, m, at in taken]
             acknowledged = await self._inbox.dispatch_many(inbound)
@@ -933,6 +939,27 @@ class MqttUplink:
                 current = session is not None and session.client is client
                 if acknowledge and message.qos > 0 and current:
                     client.ack(message.mid, message.qos)
+            busy = bool(self._inbound)
+
+    async def _gather_inbound(self) -> None:
+        """In a burst, let the next batch grow: up to its route's linger after the oldest.
+
+        Only while messages keep queuing behind the batch being handled (a backlog
+        being confirmed, issue 9): a lone confirmation (a patient's one reading) is
+        handled at once. Each confirmation commit is an fsync on the store's one
+        thread, which the publish queue reads from too; confirmations arriving every
+        few ms would otherwise cost one commit each few ms and slow the drain.
+        """
+        assert self._inbox is not None
+        _, first, arrived = self._inbound[0]
+        deadline = arrived + self._inbox.linger_s(first.topic)
+        while len(self._inbound) < INBOX_BATCH and not self._stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._inbound_more.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._inbound_more.wait(), left)
 
     async def _status_loop(self, session: _Session) -> None:
         interval = self._settings.status_interval_s
