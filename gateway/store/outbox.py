@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 from gateway.errors import StoreCorruptError, StoreError, StoreFullError
+from gateway.store import codec
 from gateway.store.salvage import Recovery
 from gateway.store.schema import migrate
 
@@ -306,7 +307,7 @@ class SqliteOutbox:
                     (
                         row.id,
                         row.device_id,
-                        row.payload,
+                        codec.encode(row.payload),
                         row.received_at,
                         row.priority,
                         0 if stamp is None else 1,
@@ -631,9 +632,19 @@ class SqliteOutbox:
         sql += " ORDER BY seq LIMIT ?"
         params.append(limit)
         return [
-            OutboxRow(int(s), str(i), str(d), bytes(p), float(r))
+            OutboxRow(int(s), str(i), str(d), self._decode(int(s), p), float(r))
             for s, i, d, p, r in self._db.execute(sql, params)
         ]
+
+    def _decode(self, seq: int, stored: Any) -> bytes:
+        """A stored payload as the uplink publishes it; damaged bytes are the file's damage."""
+        try:
+            return codec.decode(bytes(stored))
+        except codec.PayloadDamaged as exc:
+            # Corrupt, so the Store salvages: the row fails the salvage's check too.
+            raise StoreCorruptError(
+                f"{self.path}: store file damaged: reading {seq}: {exc}"
+            ) from exc
 
     # -- held for the clock (issue 13) -----------------------------------------
 
@@ -647,7 +658,7 @@ class SqliteOutbox:
         return [
             HeldRow(
                 int(seq),
-                bytes(payload),
+                self._decode(int(seq), payload),
                 None if boottime is None or boot_id is None else ClockStamp(boottime, boot_id),
             )
             for seq, payload, boottime, boot_id in rows
@@ -664,7 +675,7 @@ class SqliteOutbox:
                 released += db.execute(
                     "UPDATE readings SET clock_hold = 0, payload = coalesce(?, payload)"
                     " WHERE seq = ? AND clock_hold = 1",
-                    (payload, seq),
+                    (None if payload is None else codec.encode(payload), seq),
                 ).rowcount
             return released
 

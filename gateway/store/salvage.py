@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import StoreError
+from gateway.store import codec
 
 log = logging.getLogger("gateway.store")
 
@@ -272,9 +273,9 @@ def _sound(rows: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], int]:
                 and isinstance(received, float)
                 and (delivered is None or isinstance(delivered, float))
                 and (confirmed is None or isinstance(confirmed, float))
-                and json.loads(payload).get("id") == rid
+                and json.loads(codec.decode(payload)).get("id") == rid
             )
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError):  # PayloadDamaged is a ValueError
             ok = False
         if ok:
             good.append(row)

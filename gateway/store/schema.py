@@ -10,7 +10,7 @@ from gateway.errors import StoreError
 
 log = logging.getLogger("gateway.store")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -70,6 +70,10 @@ _V4_COLUMNS = (
 _V4_INDEXES = """
 CREATE INDEX IF NOT EXISTS readings_clock_hold ON readings(seq) WHERE clock_hold = 1;
 """
+# Version 5 (issue 11 part 4, wear): payloads are stored compressed (gateway/store/
+# codec.py names the encoding in each payload's first byte; older rows stay plain and
+# read as they are). Nothing to change in an older file: the version only keeps an
+# older homehub, which would publish the compressed bytes, away from it.
 _SCHEMA = _SCHEMA % {
     "v2_indexes": _V2_INDEXES,
     "v3_columns": ",\n    " + _V3_COLUMN,
@@ -84,6 +88,7 @@ _MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE readings ADD COLUMN confirmed_at REAL;" + _V2_INDEXES,
     2: f"ALTER TABLE readings ADD COLUMN {_V3_COLUMN};" + _V3_INDEXES,
     3: "".join(f"ALTER TABLE readings ADD COLUMN {c};\n" for c in _V4_COLUMNS) + _V4_INDEXES,
+    4: "",
 }
 
 
