@@ -147,6 +147,16 @@ def _stats(state_dir: Path) -> tuple[int, int]:
     return stats.total, stats.unsent
 
 
+def _delivered_all(state_dir: Path) -> bool:
+    """A delivery was recorded and nothing is held any more (delivered and purged)."""
+    outbox = SqliteOutbox(state_dir / "readings.sqlite3", read_only=True)
+    try:
+        stats = outbox.stats()
+    finally:
+        outbox.close()
+    return stats.last_delivery_at is not None and (stats.total, stats.unsent) == (0, 0)
+
+
 def _wait(what: str, check: Any, timeout_s: float, hub: HubProcess) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
@@ -185,12 +195,16 @@ class Measured:
 def _payload_size(state_dir: Path) -> float:
     import sqlite3
 
+    from gateway.store import codec
+
     db = sqlite3.connect(f"file:{state_dir / 'readings.sqlite3'}?mode=ro", uri=True)
     try:
-        row = db.execute("SELECT avg(length(payload)) FROM readings").fetchone()
+        # The JSON the hub publishes, not its stored (compressed) form: amplification
+        # is against what the reading is.
+        sizes = [len(codec.decode(bytes(p))) for (p,) in db.execute("SELECT payload FROM readings")]
     finally:
         db.close()
-    return float(row[0] or 0.0)
+    return sum(sizes) / len(sizes) if sizes else 0.0
 
 
 def measure_readings(
@@ -245,8 +259,10 @@ def measure_idle(work: Path, port: int, *, window_s: float, purge_s: float) -> M
     hub.start()
     try:
         hub.wait_ready()
-        # Settled: the first reading delivered and purged, its checkpoint done.
-        _wait("the first reading's delivery", lambda: _stats(state) == (0, 0), 60, hub)
+        # Settled: the first reading delivered and purged, its checkpoint done. Not
+        # just "nothing held": before the first reading is stored that is true too,
+        # and its insert, mark and purge would then fall into the window.
+        _wait("the first reading's delivery and purge", lambda: _delivered_all(state), 60, hub)
         time.sleep(2.0)
         before = io_counters(hub.pid)
         lines_before = len(hub.lines)

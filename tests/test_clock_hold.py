@@ -121,7 +121,7 @@ def test_a_version_3_store_gets_the_hold_columns(tmp_path: Path) -> None:
         db.execute("DROP INDEX IF EXISTS readings_clock_hold")
         db.execute(f"ALTER TABLE readings DROP COLUMN {column}")
     db.execute(
-        "INSERT INTO readings(id, device_id, payload, received_at) VALUES ('v3', 'd', x'00', 1)"
+        "INSERT INTO readings(id, device_id, payload, received_at) VALUES ('v3', 'd', x'7b7d', 1)"
     )
     db.execute("PRAGMA user_version = 3")
     db.commit()

@@ -18,6 +18,7 @@ import jsonschema
 from homehub_contract import load_schema
 
 from gateway.sim.broker import MosquittoBroker
+from gateway.store import codec
 from tests.helpers import (
     FreezableProxy,
     LineReader,
@@ -36,7 +37,7 @@ def store_rows(state_dir: Path) -> dict[str, tuple[bytes, float | None]]:
     db = sqlite3.connect(f"file:{state_dir / 'readings.sqlite3'}?mode=ro", uri=True, timeout=5)
     try:
         return {
-            rid: (bytes(payload), delivered)
+            rid: (codec.decode(bytes(payload)), delivered)
             for rid, payload, delivered in db.execute(
                 "SELECT id, payload, delivered_at FROM readings"
             )

@@ -87,7 +87,7 @@ def test_version_1_file_migrated_in_place(tmp_path: Path, user_version: int) -> 
         outbox.close()
     db = sqlite3.connect(path)
     try:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         columns = [r[1] for r in db.execute("PRAGMA table_info(readings)")]
         # priority: version 3 (issue 10); the clock hold: version 4 (issue 13)
         assert columns[-5:] == [

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import StoreCorruptError, StoreError
-from gateway.store import NewRow, SqliteOutbox, Store
+from gateway.store import NewRow, SqliteOutbox, Store, codec
 from gateway.store.outbox import NEW_STORE_PAGE_SIZE
 from gateway.store.salvage import KEEP_QUARANTINED, Recovery
 
@@ -22,9 +22,10 @@ ROWS = 400
 
 def row(n: int) -> NewRow:
     rid = f"id-{n:06d}"
-    # About 700 bytes, like a real reading; the marker ends the payload, so it is
-    # found only in the table's own pages (the id index holds ids alone).
-    payload = json.dumps({"id": rid, "pad": "x" * 650, "mark": f"<{n:06d}>"}).encode()
+    # Values that do not compress away (the store deflates payloads, issue 11 part 4):
+    # stored, a row is about as big as a real reading's (~100-150 bytes).
+    pad = random.Random(n).randbytes(40).hex()
+    payload = json.dumps({"id": rid, "pad": pad, "mark": f"<{n:06d}>"}).encode()
     return NewRow(rid, f"dev-{n % 3}", payload, 1000.0 + n)
 
 
@@ -42,9 +43,15 @@ def fill(path: Path, *, delivered: int = 100) -> dict[str, tuple[int, bytes]]:
 
 
 def rows_in_page(path: Path, page: int) -> set[str]:
-    """The readings whose cell lies in page `page` (0-based) of the file."""
+    """The readings whose cell lies in page `page` (0-based) of the file.
+
+    By their id in a table leaf page (b-tree page type 13): the payload is stored
+    compressed, and the id index's pages (type 10) hold the ids too.
+    """
     data = path.read_bytes()[page * PAGE : (page + 1) * PAGE]
-    return {f"id-{n:06d}" for n in range(ROWS) if f"<{n:06d}>".encode() in data}
+    if not data or data[0] != 13:
+        return set()
+    return {f"id-{n:06d}" for n in range(ROWS) if f"id-{n:06d}".encode() in data}
 
 
 def overwrite_page(path: Path, page: int) -> None:
@@ -57,7 +64,7 @@ def contents(path: Path) -> dict[str, tuple[int, bytes, float | None]]:
     db = sqlite3.connect(path)
     try:
         return {
-            str(i): (int(s), bytes(p), d)
+            str(i): (int(s), codec.decode(bytes(p)), d)
             for s, i, p, d in db.execute("SELECT seq, id, payload, delivered_at FROM readings")
         }
     finally:

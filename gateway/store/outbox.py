@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 from gateway.errors import StoreCorruptError, StoreError, StoreFullError
+from gateway.store import codec
 from gateway.store.salvage import Recovery
 from gateway.store.schema import migrate
 
@@ -196,6 +197,8 @@ class SqliteOutbox:
             except sqlite3.Error as exc:
                 raise StoreError(f"{path}: cannot open store read-only: {exc}") from exc
             self._count = 0
+            self._next_seq = self._seq_high_written = 0
+            self._unsent_from = 0  # a reader elsewhere: every query starts at the beginning
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -213,12 +216,70 @@ class SqliteOutbox:
                     )
             self._version = migrate(self._db, path)
             self._count = int(self._db.execute("SELECT count(*) FROM readings").fetchone()[0])
+            self._seq_high_written = self._meta_seq_high()
+            self._next_seq = max(self._seq_high_written, self._table_seq_high()) + 1
+            self._unsent_from = 0
+            self._unsent_from = self._first_unsent()
         except sqlite3.Error as exc:
             self._db.close()
             raise store_error(path, exc) from exc
         except BaseException:
             self._db.close()
             raise
+
+    # -- seqs and the unsent cursor (issue 11 part 4) ----------------------------
+    #
+    # Schema 5 has no AUTOINCREMENT (its sqlite_sequence row was one more page written
+    # by every insert commit) and no `readings_unsent` index (one more page per insert
+    # and per mark). Instead, in memory on the one connection that writes:
+    # - `_next_seq`, the next seq to hand out: above every seq this file ever held, so a
+    #   seq is never reused after deletes (the uplink keeps seqs as cursors). Found at
+    #   open from max(seq), meta `seq_high` and (a store created before schema 5, which
+    #   keeps its AUTOINCREMENT) sqlite_sequence; `seq_high` is written only by a
+    #   transaction that deletes rows (purge, the store bound), when it moved.
+    # - `_unsent_from`, a lower bound of every unsent, not held reading's seq: the
+    #   reads of the unsent queue scan the table from there in seq order (its primary
+    #   key) instead of an index. Raised after a mark is committed; lowered by what
+    #   makes a reading unsent again (a requeue, a held reading released).
+
+    def _meta_seq_high(self) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'seq_high'").fetchone()
+        return int(row[0]) if row is not None and isinstance(row[0], int) else 0
+
+    def _table_seq_high(self) -> int:
+        db = self._db
+        top = int(db.execute("SELECT coalesce(max(seq), 0) FROM readings").fetchone()[0])
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone():
+            row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'readings'").fetchone()
+            if row is not None:
+                top = max(top, int(row[0]))
+        return top
+
+    def _first_unsent(self) -> int:
+        """The lowest unsent, not held seq from `_unsent_from` on (`_next_seq`: none)."""
+        row = self._db.execute(
+            "SELECT seq FROM readings WHERE seq >= ? AND delivered_at IS NULL AND clock_hold = 0"
+            " ORDER BY seq LIMIT 1",
+            (self._unsent_from,),
+        ).fetchone()
+        return self._next_seq if row is None else int(row[0])
+
+    def _advance_unsent_from(self) -> None:
+        """After a committed mark: move the cursor over what is no longer unsent."""
+        with contextlib.suppress(sqlite3.Error):  # only an optimisation: stay where it was
+            self._unsent_from = self._first_unsent()
+
+    def _write_seq_high(self, db: sqlite3.Connection) -> int | None:
+        """In a deleting transaction: persist the seq high-water mark if it moved."""
+        high = self._next_seq - 1
+        if high <= self._seq_high_written:
+            return None
+        db.execute(
+            "INSERT INTO meta(key, value) VALUES ('seq_high', ?)"
+            " ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
+            (high,),
+        )
+        return high
 
     def _configure(self, synchronous: str, max_page_count: int | None) -> None:
         db = self._db
@@ -286,7 +347,7 @@ class SqliteOutbox:
 
         def work(
             db: sqlite3.Connection,
-        ) -> tuple[AddReport, int, int, dict[str, float], dict[str, float]]:
+        ) -> tuple[AddReport, int, int, dict[str, float], dict[str, float], int | None]:
             # Count only readings that will really be new: a device re-sending
             # records we hold must not push unsent readings out of the store.
             # The extra look-up is needed only near the bound (the common case
@@ -295,18 +356,25 @@ class SqliteOutbox:
             if self._count + incoming > self.max_readings:
                 incoming = self._count_new(db, rows)
             deleted, dropped = self._make_room(db, incoming)
+            high = self._write_seq_high(db) if deleted else None
             results: list[AddResult] = []
             inserted = 0
+            seq = self._next_seq
             last_by_device: dict[str, float] = {}
             for row in rows:
                 stamp = row.stamp
+                # The seq explicitly (no AUTOINCREMENT in schema 5). Only a duplicate
+                # id is ignored: a seq already taken would be an error, never a
+                # reading silently dropped.
                 cur = db.execute(
-                    "INSERT OR IGNORE INTO readings(id, device_id, payload, received_at, priority,"
-                    " clock_hold, stamp_boottime, stamp_boot_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO readings(seq, id, device_id, payload, received_at, priority,"
+                    " clock_hold, stamp_boottime, stamp_boot_id)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
                     (
+                        seq,
                         row.id,
                         row.device_id,
-                        row.payload,
+                        codec.encode(row.payload),
                         row.received_at,
                         row.priority,
                         0 if stamp is None else 1,
@@ -316,20 +384,25 @@ class SqliteOutbox:
                 )
                 if cur.rowcount == 1:
                     inserted += 1
-                    results.append(AddResult(int(cur.lastrowid or 0), duplicate=False))
+                    results.append(AddResult(seq, duplicate=False))
+                    seq += 1
                 else:
                     # Same source_key, so same id: the device sent a record we hold.
-                    seq = db.execute("SELECT seq FROM readings WHERE id = ?", (row.id,)).fetchone()
-                    results.append(AddResult(int(seq[0]) if seq else 0, duplicate=True))
+                    held = db.execute("SELECT seq FROM readings WHERE id = ?", (row.id,)).fetchone()
+                    results.append(AddResult(int(held[0]) if held else 0, duplicate=True))
                 last = last_by_device.get(row.device_id, row.received_at)
                 last_by_device[row.device_id] = max(last, row.received_at)
             # One upsert per device per transaction, and only when it moved enough.
             due, later = self._devices_due(last_by_device)
             self._upsert_devices(db, due)
-            return AddReport(results, dropped), inserted, deleted, due, later
+            return AddReport(results, dropped), inserted, deleted, due, later, high
 
-        report, inserted, deleted, due, later = self._write(work)
-        # Only once committed: a reading not stored must not move its device's time.
+        report, inserted, deleted, due, later, high = self._write(work)
+        # Only once committed: a reading not stored must not move its device's time,
+        # nor the seqs (a rolled-back insert hands its seq out again).
+        self._next_seq += inserted
+        if high is not None:
+            self._seq_high_written = high
         self._count += inserted - deleted
         self._devices_written(due)
         self._device_pending.update(later)
@@ -436,7 +509,10 @@ class SqliteOutbox:
                 )
             return changed
 
-        return self._write(work)
+        changed = self._write(work)
+        if changed:
+            self._advance_unsent_from()
+        return changed
 
     def mark_confirmed(self, ids: Sequence[str], at: float) -> int:
         """The backend holds these readings (issue 9): set `confirmed_at`.
@@ -471,7 +547,10 @@ class SqliteOutbox:
 
         if not unique:
             return 0
-        return self._write(work)
+        changed = self._write(work)
+        if changed:
+            self._advance_unsent_from()
+        return changed
 
     def requeue_unconfirmed(self, published_before: float) -> int:
         """Make readings published before `published_before` and not confirmed unsent again.
@@ -481,22 +560,25 @@ class SqliteOutbox:
         read, so the uplink must fetch again from the start (`after_seq=0`).
         """
 
-        def work(db: sqlite3.Connection) -> int:
-            cur = db.execute(
+        def work(db: sqlite3.Connection) -> list[int]:
+            rows = db.execute(
                 "UPDATE readings SET delivered_at = NULL WHERE seq IN (SELECT seq FROM readings"
                 " WHERE delivered_at IS NOT NULL AND confirmed_at IS NULL AND delivered_at < ?"
-                " LIMIT ?)",
+                " LIMIT ?) RETURNING seq",
                 (published_before, _DELETE_BATCH),
-            )
-            return int(cur.rowcount)
+            ).fetchall()
+            return [int(r[0]) for r in rows]
 
         # Small transactions, like the purge: a backend away for days leaves up to
         # max_readings published rows, and one huge transaction means a huge WAL.
         total = 0
         while True:
             changed = self._write(work)
-            total += changed
-            if changed < _DELETE_BATCH:
+            if changed:
+                # Unsent again, below the cursor: it moves back (once committed).
+                self._unsent_from = min(self._unsent_from, *changed)
+            total += len(changed)
+            if len(changed) < _DELETE_BATCH:
                 return total
 
     def purge_delivered(self, older_than: float, *, require_confirmed: bool = False) -> int:
@@ -520,15 +602,19 @@ class SqliteOutbox:
         total = 0
         while True:
 
-            def work(db: sqlite3.Connection) -> int:
+            def work(db: sqlite3.Connection) -> tuple[int, int | None]:
                 cur = db.execute(
                     "DELETE FROM readings WHERE seq IN (SELECT seq FROM readings"  # noqa: S608
                     f" WHERE {where} LIMIT ?)",
                     (*params, _DELETE_BATCH),
                 )
-                return int(cur.rowcount)
+                deleted = int(cur.rowcount)
+                # The newest row may be among them: its seq must never come back.
+                return deleted, self._write_seq_high(db) if deleted else None
 
-            deleted = self._write(work)
+            deleted, high = self._write(work)
+            if high is not None:
+                self._seq_high_written = high
             self._count -= deleted
             total += deleted
             if deleted < _DELETE_BATCH:
@@ -574,7 +660,8 @@ class SqliteOutbox:
         db.execute("SELECT count(*) FROM sqlite_master").fetchone()
         db.execute(
             "SELECT seq, length(id), length(payload) FROM readings"
-            " WHERE delivered_at IS NULL ORDER BY seq LIMIT 1"
+            " WHERE seq >= ? AND delivered_at IS NULL ORDER BY seq LIMIT 1",
+            (self._unsent_from,),
         ).fetchone()
         db.execute("SELECT count(*) FROM meta").fetchone()
 
@@ -583,15 +670,15 @@ class SqliteOutbox:
         """Read `limit` rows after `after_seq` (a rolling check); returns where to go on (0: wrap).
 
         The cheap periodic check: over successive calls every row of the table
-        is read once (not its overflow pages), plus the unsent index, which is
-        what the uplink reads. quick_check reads the whole file at once; this
-        spreads it out.
+        is read once (not its overflow pages), plus the head of the unsent queue,
+        which is what the uplink reads. quick_check reads the whole file at once;
+        this spreads it out.
         """
         db = self._db
         db.execute(
-            "SELECT count(*) FROM (SELECT seq FROM readings WHERE delivered_at IS NULL"
-            " ORDER BY seq LIMIT ?)",
-            (limit,),
+            "SELECT count(*) FROM (SELECT seq FROM readings WHERE seq >= ?"
+            " AND delivered_at IS NULL ORDER BY seq LIMIT ?)",
+            (self._unsent_from, limit),
         ).fetchone()
         rows = db.execute(
             "SELECT seq, length(id), length(device_id), received_at FROM readings"
@@ -618,22 +705,34 @@ class SqliteOutbox:
         """Unsent readings after `after_seq` in seq order; `priority` True: only the
         flagged ones, False: only the others, None: all (issue 10). Readings held for
         the clock's synchronisation (issue 13) are not among them."""
+        # From the cursor on, in seq order on the primary key (schema 5 has no
+        # index of the unsent readings; the flagged ones keep theirs).
         sql = (
             "SELECT seq, id, device_id, payload, received_at FROM readings"
             " WHERE delivered_at IS NULL AND seq > ? AND clock_hold = 0"
         )
         if priority is not None:
             sql += " AND priority > 0" if priority else " AND priority = 0"
-        params: list[Any] = [after_seq]
+        params: list[Any] = [max(after_seq, self._unsent_from - 1)]
         if skip_devices:
             sql += f" AND device_id NOT IN ({','.join('?' * len(skip_devices))})"
             params.extend(skip_devices)
         sql += " ORDER BY seq LIMIT ?"
         params.append(limit)
         return [
-            OutboxRow(int(s), str(i), str(d), bytes(p), float(r))
+            OutboxRow(int(s), str(i), str(d), self._decode(int(s), p), float(r))
             for s, i, d, p, r in self._db.execute(sql, params)
         ]
+
+    def _decode(self, seq: int, stored: Any) -> bytes:
+        """A stored payload as the uplink publishes it; damaged bytes are the file's damage."""
+        try:
+            return codec.decode(bytes(stored))
+        except codec.PayloadDamaged as exc:
+            # Corrupt, so the Store salvages: the row fails the salvage's check too.
+            raise StoreCorruptError(
+                f"{self.path}: store file damaged: reading {seq}: {exc}"
+            ) from exc
 
     # -- held for the clock (issue 13) -----------------------------------------
 
@@ -647,7 +746,7 @@ class SqliteOutbox:
         return [
             HeldRow(
                 int(seq),
-                bytes(payload),
+                self._decode(int(seq), payload),
                 None if boottime is None or boot_id is None else ClockStamp(boottime, boot_id),
             )
             for seq, payload, boottime, boot_id in rows
@@ -659,12 +758,15 @@ class SqliteOutbox:
 
         def work(db: sqlite3.Connection) -> int:
             released = 0
+            # Publishable now, maybe below the cursor; lowering it even if this rolls
+            # back is harmless (it is only a lower bound).
+            self._unsent_from = min(self._unsent_from, *(seq for seq, _ in releases))
             for seq, payload in releases:
                 # coalesce: None keeps the stored payload (the reading goes out as it is).
                 released += db.execute(
                     "UPDATE readings SET clock_hold = 0, payload = coalesce(?, payload)"
                     " WHERE seq = ? AND clock_hold = 1",
-                    (payload, seq),
+                    (None if payload is None else codec.encode(payload), seq),
                 ).rowcount
             return released
 
@@ -673,9 +775,37 @@ class SqliteOutbox:
     @_mapped
     def stats(self) -> StoreStats:
         db = self._db
-        unsent, oldest = db.execute(
-            "SELECT count(*), min(received_at) FROM readings WHERE delivered_at IS NULL"
+        # One read transaction: the counts below agree with each other. (The read-only
+        # connection may already be in one: the sqlite3 module opens one implicitly.)
+        began = not db.in_transaction
+        if began:
+            db.execute("BEGIN")
+        try:
+            return self._stats(db)
+        finally:
+            if began and db.in_transaction:
+                db.execute("COMMIT")
+
+    def _stats(self, db: sqlite3.Connection) -> StoreStats:
+        total = db.execute("SELECT count(*) FROM readings").fetchone()[0]
+        # Without an index of the unsent readings (schema 5): all less the delivered
+        # ones (their partial index), and the oldest is the head of the queue in seq
+        # order (held readings included), not a scan of the whole backlog.
+        delivered = db.execute(
+            "SELECT count(*) FROM readings WHERE delivered_at IS NOT NULL"
+        ).fetchone()[0]
+        unsent = int(total) - int(delivered)
+        held_from = None
+        if self._version >= 4:
+            held_from = db.execute("SELECT min(seq) FROM readings WHERE clock_hold = 1").fetchone()[
+                0
+            ]
+        head = db.execute(
+            "SELECT received_at FROM readings WHERE seq >= ? AND delivered_at IS NULL"
+            " ORDER BY seq LIMIT 1",
+            (min(self._unsent_from, self._next_seq if held_from is None else int(held_from)),),
         ).fetchone()
+        oldest = None if head is None else head[0]
         unconfirmed, oldest_unconfirmed = 0, None
         if self._version >= 2:
             unconfirmed, oldest_unconfirmed = db.execute(
@@ -683,7 +813,6 @@ class SqliteOutbox:
                 " WHERE delivered_at IS NOT NULL AND confirmed_at IS NULL"
             ).fetchone()
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-        total = db.execute("SELECT count(*) FROM readings").fetchone()[0]
         devices = {str(d): float(t) for d, t in db.execute("SELECT * FROM devices")}
         for device, at in self._device_pending.items():  # not written yet (DEVICE_WRITE_S)
             devices[device] = max(at, devices.get(device, at))

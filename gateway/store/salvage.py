@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import StoreError
+from gateway.store import codec
 
 log = logging.getLogger("gateway.store")
 
@@ -124,16 +125,14 @@ def salvage(path: Path, reason: str, *, create: Any) -> Recovery:
         recovery = Recovery(at, len(rows), unsent, unreadable, quarantined.name, reason)
 
         def finish(db: sqlite3.Connection) -> None:
-            # Seqs only grow, even past rows the salvage lost (the uplink may hold them).
+            # Seqs only grow, even past rows the salvage lost (the uplink may hold them):
+            # the fresh store hands out seqs above meta 'seq_high' (schema 5).
             top = max([extra["seq"], *(r[0] for r in rows)], default=0)
             if top:
                 db.execute(
-                    "INSERT INTO sqlite_sequence(name, seq) SELECT 'readings', ?"
-                    " WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'readings')",
+                    "INSERT INTO meta(key, value) VALUES ('seq_high', ?)"
+                    " ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
                     (top,),
-                )
-                db.execute(
-                    "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'readings'", (top,)
                 )
             db.executemany(
                 "INSERT OR REPLACE INTO devices(device_id, last_reading_at) VALUES (?, ?)",
@@ -243,6 +242,7 @@ def _max_seq(db: sqlite3.Connection, found: dict[int, tuple[Any, ...]]) -> int:
     candidates = [max(found, default=0)]
     for sql in (
         "SELECT seq FROM sqlite_sequence WHERE name = 'readings'",
+        "SELECT value FROM meta WHERE key = 'seq_high'",
         "SELECT max(seq) FROM readings",
     ):
         with contextlib.suppress(sqlite3.Error, TypeError, ValueError):
@@ -272,9 +272,9 @@ def _sound(rows: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], int]:
                 and isinstance(received, float)
                 and (delivered is None or isinstance(delivered, float))
                 and (confirmed is None or isinstance(confirmed, float))
-                and json.loads(payload).get("id") == rid
+                and json.loads(codec.decode(payload)).get("id") == rid
             )
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError):  # PayloadDamaged is a ValueError
             ok = False
         if ok:
             good.append(row)
@@ -290,9 +290,16 @@ def _read_extra(path: Path) -> dict[str, Any]:
     if db is None:
         return extra
     try:
-        with contextlib.suppress(sqlite3.Error, TypeError, ValueError):
-            value = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'readings'").fetchone()
-            extra["seq"] = int(value[0]) if value else 0
+        # The seq high-water mark: sqlite_sequence (a store created before schema 5,
+        # AUTOINCREMENT) or meta 'seq_high' (schema 5), whichever is readable and higher.
+        for sql in (
+            "SELECT seq FROM sqlite_sequence WHERE name = 'readings'",
+            "SELECT value FROM meta WHERE key = 'seq_high'",
+        ):
+            with contextlib.suppress(sqlite3.Error, TypeError, ValueError):
+                value = db.execute(sql).fetchone()
+                if value:
+                    extra["seq"] = max(extra["seq"], int(value[0]))
         with contextlib.suppress(sqlite3.Error):
             extra["devices"] = [
                 (d, t)

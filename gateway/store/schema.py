@@ -10,12 +10,14 @@ from gateway.errors import StoreError
 
 log = logging.getLogger("gateway.store")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
-    -- AUTOINCREMENT: a seq is never reused after deletes, so ordering holds forever.
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    -- A seq is never reused after deletes, so ordering holds forever: handed out by the
+    -- outbox above meta 'seq_high' (schema 5; before, AUTOINCREMENT, whose
+    -- sqlite_sequence row was one more page written per insert commit).
+    seq INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
     device_id TEXT NOT NULL,
     payload BLOB NOT NULL,
@@ -23,7 +25,6 @@ CREATE TABLE IF NOT EXISTS readings (
     delivered_at REAL,
     confirmed_at REAL%(v3_columns)s%(v4_columns)s
 );
-CREATE INDEX IF NOT EXISTS readings_unsent ON readings(seq) WHERE delivered_at IS NULL;
 CREATE INDEX IF NOT EXISTS readings_delivered ON readings(delivered_at)
     WHERE delivered_at IS NOT NULL;
 %(v2_indexes)s%(v3_indexes)s%(v4_indexes)s
@@ -70,6 +71,15 @@ _V4_COLUMNS = (
 _V4_INDEXES = """
 CREATE INDEX IF NOT EXISTS readings_clock_hold ON readings(seq) WHERE clock_hold = 1;
 """
+# Version 5 (issue 11 part 4, wear): payloads are stored compressed (gateway/store/
+# codec.py names the encoding in each payload's first byte; older rows stay plain and
+# read as they are), and there is no `readings_unsent` index any more (one page less
+# per insert and per mark; the outbox reads the queue from an in-memory cursor on the
+# primary key). A new store also has no AUTOINCREMENT. An older file keeps its
+# AUTOINCREMENT table: taking it away means copying the whole table in one
+# transaction (up to max_readings rows: the table's size again in WAL and file, on a
+# card that may be nearly full); it costs such a store one page per insert commit,
+# and the outbox reads its sqlite_sequence as the seq high-water mark.
 _SCHEMA = _SCHEMA % {
     "v2_indexes": _V2_INDEXES,
     "v3_columns": ",\n    " + _V3_COLUMN,
@@ -84,6 +94,7 @@ _MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE readings ADD COLUMN confirmed_at REAL;" + _V2_INDEXES,
     2: f"ALTER TABLE readings ADD COLUMN {_V3_COLUMN};" + _V3_INDEXES,
     3: "".join(f"ALTER TABLE readings ADD COLUMN {c};\n" for c in _V4_COLUMNS) + _V4_INDEXES,
+    4: "DROP INDEX IF EXISTS readings_unsent;",
 }
 
 
