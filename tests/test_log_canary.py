@@ -32,6 +32,7 @@ from gateway.sim.ble.fleet import FLEET
 from gateway.sim.broker import MosquittoBroker
 from gateway.sim.serial import ALL_SIMS, SIM_CONFIG
 from gateway.sim.simulate import toml_value
+from gateway.store import codec
 from tests.helpers import LineReader, Listener, wait_until
 
 GATEWAY = "hub-canary"
@@ -57,7 +58,7 @@ def published_values(store: Path) -> set[float]:
         payloads = [row[0] for row in db.execute("SELECT payload FROM readings")]
     found: set[float] = set()
     for payload in payloads:
-        doc = json.loads(payload)
+        doc = json.loads(codec.decode(payload))  # schema 5 stores payloads deflated
         found.update(float(v["value"]) for v in doc["values"] if v["value"] is not None)
     return found
 
