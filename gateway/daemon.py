@@ -61,6 +61,7 @@ from gateway.events import (
     UplinkUp,
 )
 from gateway.identity import CertificateCheck, check_certificate
+from gateway.memory import FIRST_TRIM_S, TRIM_INTERVAL_S, release_free_heap
 from gateway.panel import Panel, create_panel
 from gateway.reading import Reading
 from gateway.sdnotify import SystemdNotifier
@@ -303,6 +304,7 @@ class Hub:
             asyncio.create_task(self._housekeeping(), name="housekeeping"),
             asyncio.create_task(self._watch_clock_sync(), name="clock-sync"),
             asyncio.create_task(self.care_plan.run(), name="care-plan"),
+            asyncio.create_task(_trim_heap(), name="heap-trim"),
         ]
         if self.notifier.watchdog_interval_s is not None:
             background.append(asyncio.create_task(self._watchdog(), name="watchdog"))
@@ -922,6 +924,14 @@ class Hub:
             except Exception:
                 log.exception("store housekeeping failed; will try again")
             await asyncio.sleep(interval)
+
+
+async def _trim_heap() -> None:
+    """Give the heap's free pages back now and then (gateway/memory.py says why)."""
+    await asyncio.sleep(FIRST_TRIM_S)
+    while True:
+        release_free_heap()
+        await asyncio.sleep(TRIM_INTERVAL_S)
 
 
 def _disk_full(exc: BaseException) -> bool:

@@ -15,6 +15,7 @@ import tomllib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Any
 
@@ -481,6 +482,49 @@ def test_broken_plugin_named_in_error(registry: DriverRegistry) -> None:
         "devices[0].driver: driver 'vendor.thing' is installed but failed to load: "
         "ImportError: no bleak"
     ]
+
+
+def test_a_plugin_that_fails_to_import_is_named_when_the_config_asks_for_it() -> None:
+    # Entry points load lazily (bench/README.md, rss): the failure surfaces at validation.
+    lazy = DriverRegistry(
+        {}, pending={"vendor.thing": EntryPoint("vendor.thing", "no_such_pkg.x:Driver", "g")}
+    )
+    assert lazy.names() == ["vendor.thing"]  # installed, not known to be broken yet
+    problems = problems_of(
+        '[gateway]\nid = "h"\n[[devices]]\nid = "a"\ndriver = "vendor.thing"\n', lazy
+    )
+    assert problems == [
+        "devices[0].driver: driver 'vendor.thing' is installed but failed to load: "
+        "ModuleNotFoundError: No module named 'no_such_pkg'"
+    ]
+    assert lazy.names() == []
+
+
+def test_a_hub_imports_only_the_drivers_its_config_names(tmp_path: Path) -> None:
+    # A serial-only (here: simulated-only) hub does not import the BLE drivers and their
+    # profiles, nor build their option models: ~2 MiB of a Pi Zero's memory.
+    config = tmp_path / "hub.toml"
+    config.write_text(
+        '[gateway]\nid = "h"\n[[devices]]\nid = "a"\ndriver = "simulated"\nkind = "weight"\n'
+    )
+    probe = (
+        "import json, sys; from pathlib import Path\n"
+        "from gateway.config import load_config\n"
+        "from gateway.drivers.registry import DriverRegistry\n"
+        "registry = DriverRegistry.from_entry_points()\n"
+        f"load_config(Path({str(config)!r}), registry)\n"
+        "print(json.dumps([m for m in sys.modules if m.startswith('gateway.drivers.')]))\n"
+        "print('ble.glucose' in registry.names())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.splitlines()
+    loaded = json.loads(out[0])
+    assert "gateway.drivers.simulated" in loaded
+    assert not [
+        m for m in loaded if m.startswith(("gateway.drivers.ble", "gateway.drivers.serial"))
+    ]
+    assert out[1] == "True"  # still known, for an error naming what is installed
 
 
 def test_toml_dates_do_not_crash_validation(registry: DriverRegistry) -> None:

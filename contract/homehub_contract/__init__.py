@@ -11,11 +11,13 @@ may be added to a version, never removed or changed in meaning; consumers ignore
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
+if TYPE_CHECKING:
+    import jsonschema
 
 __all__ = [
     "COMMAND_SCHEMA",
@@ -28,6 +30,7 @@ __all__ = [
     "STATUS_SCHEMA",
     "command_filter",
     "command_topic",
+    "compiled_validator",
     "confirm_topic",
     "load_schema",
     "reading_topic",
@@ -64,12 +67,46 @@ def load_schema(name: str) -> dict[str, Any]:
 
 @cache
 def validator(name: str) -> jsonschema.protocols.Validator:
-    """A ready Draft 2020-12 validator for ``<name>.json`` (built once per process)."""
+    """A ready Draft 2020-12 validator for ``<name>.json`` (built once per process).
+
+    jsonschema is imported here, not with the module: it and its referencing stack are
+    ~3.4 MiB of a hub's resident memory, and the hub validates on its hot paths with
+    `compiled_validator` instead (bench/README.md, rss).
+    """
+    import jsonschema
+
     schema = load_schema(name)
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
     checker: jsonschema.protocols.Validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
     return checker
+
+
+#: What `compiled_validator` declares instead of 2020-12: fastjsonschema implements draft-07,
+#: and the contract's schemas use only keywords that mean the same in both (a test checks).
+DRAFT_07 = "http://json-schema.org/draft-07/schema#"
+
+
+@cache
+def compiled_validator(name: str, *path: str) -> Callable[[Any], Any]:
+    """``<name>.json`` compiled to Python by fastjsonschema (built once per process).
+
+    With `path`, the rule at that path of keys only (e.g. ``"properties",
+    "confirmed_at"``). The function returns the document or raises
+    `fastjsonschema.JsonSchemaValueException` (its ``rule`` names the failing keyword,
+    its ``path`` where). About 20 µs a reading against ~360 µs for `validator`, and
+    ~0.1 MiB of memory against ~3.4 MiB. Formats are checked (`date-time`), which
+    `validator` skips without jsonschema's optional rfc3339 package: this one is the
+    stricter of the two.
+    """
+    import fastjsonschema
+
+    schema: dict[str, Any] = load_schema(name)
+    for key in path:
+        schema = schema[key]
+    schema = {**schema, "$schema": DRAFT_07}
+    compiled: Callable[[Any], Any] = fastjsonschema.compile(schema, use_formats=True)
+    return compiled
 
 
 def reading_topic(prefix: str, gateway_id: str, device_id: str) -> str:

@@ -9,11 +9,7 @@ same message.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from typing import Literal
-
-from gateway.uplink.fhir import CONTENT_TYPE as FHIR_CONTENT_TYPE
-from gateway.uplink.fhir import render_fhir
 
 #: stored payload -> (bytes to publish, MQTT 5 Content Type or None for none).
 Renderer = Callable[[bytes], tuple[bytes, str | None]]
@@ -25,11 +21,14 @@ def _native(payload: bytes) -> tuple[bytes, str | None]:
     return payload, None
 
 
-def _fhir(payload: bytes, *, version: str) -> tuple[bytes, str | None]:
-    return render_fhir(payload, version=version), FHIR_CONTENT_TYPE
-
-
 def renderer_for(payload: PayloadFormat, *, version: str) -> Renderer:
     if payload == "fhir":
-        return partial(_fhir, version=version)
+        # Imported only for a hub that sends FHIR: its templates, built at import from
+        # the reference Bundle, are ~1.3 MiB of resident memory (bench/README.md, rss).
+        from gateway.uplink import fhir
+
+        def _fhir(stored: bytes) -> tuple[bytes, str | None]:
+            return fhir.render_fhir(stored, version=version), fhir.CONTENT_TYPE
+
+        return _fhir
     return _native

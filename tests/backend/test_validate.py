@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 from homehub_backend.db import ReadingRow, RejectedRow, StatusRow
-from homehub_backend.validate import DRAFT_07, Topics, classify, compiled
-from homehub_contract import load_schema, validator
+from homehub_backend.validate import Topics, classify
+from homehub_contract import DRAFT_07, compiled_validator, load_schema, validator
 
 from tests.backend.support import encode, reading_doc
 
@@ -87,7 +87,7 @@ def mutations() -> list[dict[str, Any]]:
 
 
 def test_fast_and_contract_validators_agree_on_many_documents() -> None:
-    fast = compiled("reading-1")
+    fast = compiled_validator("reading-1")
     slow = validator("reading-1")
     docs = mutations()
     for doc in docs:
