@@ -318,6 +318,62 @@ async def test_a_reading_the_broker_cannot_take_is_held_back_not_blocking_the_re
     assert len(set(delivered)) == 5
 
 
+async def test_a_status_the_broker_drops_the_connection_for_gets_short_not_a_reading_held(
+    tmp_path: Path, broker_factory: Callable[..., MosquittoBroker], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The full status (~750 bytes) is over the limit, a reading (~360) is not: before,
+    # the hub reconnected for ever and the poison guard held back innocent readings.
+    broker = broker_factory(extra=["message_size_limit 600"])
+    path = write_config(
+        tmp_path / "hub.toml",
+        broker=broker,
+        state_dir=tmp_path / "state",
+        devices=[sim_device("w-1", "weight", interval_s=0.2)],
+        mqtt={"reconnect_min_s": 0.05, "reconnect_max_s": 0.2},
+    )
+    events = EventBus()
+    queue, _ = events.queue()
+    hub = Hub(load(path), DriverRegistry.from_entry_points(), events=events)
+    task = asyncio.create_task(hub.run())
+    try:
+        async with asyncio.timeout(30):
+            delivered = 0
+            while delivered < 5:
+                event = await queue.get()
+                delivered += isinstance(event, ReadingDelivered)
+        assert hub.uplink is not None and hub.uplink.held_back == 0
+        status = await _retained(broker.port, "homehub/+/status")
+        assert status["state"] == "online" and "unsent" in status
+        assert "devices" not in status  # the short form: scalars only
+        assert len(json.dumps(status)) < 600
+        assert "sending its short form" in caplog.text
+    finally:
+        hub.stop()
+        await asyncio.wait_for(task, 15)
+
+
+async def _retained(port: int, topic: str) -> dict[str, Any]:
+    """The retained message on `topic`, read by a fresh subscriber."""
+    got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+
+    def on_message(_c: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
+        loop.call_soon_threadsafe(lambda: got.done() or got.set_result(message.payload))
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client.on_message = on_message
+    client.connect("127.0.0.1", port)
+    client.subscribe(topic, qos=1)
+    client.loop_start()
+    try:
+        payload = await asyncio.wait_for(got, 10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    doc: dict[str, Any] = json.loads(payload)
+    return doc
+
+
 async def test_reload_with_the_same_config_restarts_no_driver(
     tmp_path: Path, broker: MosquittoBroker
 ) -> None:

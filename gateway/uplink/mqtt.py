@@ -46,7 +46,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import paho.mqtt.client as paho
 from homehub_contract import SIGNATURE_PROPERTY, reading_topic, status_topic
@@ -65,8 +65,8 @@ from gateway.errors import UplinkError
 from gateway.events import EventBus, PublishRefused, ReadingDelivered, UplinkDown, UplinkUp
 from gateway.store import OutboxRow, Store
 from gateway.uplink.inbox import InboundMessage, Inbox
-from gateway.uplink.outbox import PoisonGuard, PublishQueue
-from gateway.uplink.payload import offline_status
+from gateway.uplink.outbox import POISON_LOSSES, PoisonGuard, PublishQueue
+from gateway.uplink.payload import offline_status, short_status
 from gateway.uplink.render import renderer_for
 
 log = logging.getLogger(__name__)
@@ -85,11 +85,16 @@ PERMANENT_REFUSALS = frozenset({0x90, 0x95, 0x99})
 # the message (the backend is not subscribed): the reading stays unsent, and that
 # device's readings are retried after this backoff (issue 9).
 NO_MATCHING_SUBSCRIBERS = 0x10
+#: How much of the status is sent: less after the broker dropped the connection for it.
+StatusForm = Literal["full", "short", "none"]
 UNHEARD_BACKOFF_INITIAL_S = 1.0
 UNHEARD_BACKOFF_MAX_S = 60.0
 # MQTT 5 §3.2.2.3.3: Receive Maximum absent means 65,535.
 DEFAULT_RECEIVE_MAXIMUM = 65535
 STATUS_DEBOUNCE_S = 1.0
+# Readings wait this long, at most, for the connection's first status to be
+# acknowledged (MqttUplink._pump).
+FIRST_STATUS_WAIT_S = 1.0
 # Received messages handed to the inbox together, at most (see _take_inbound).
 INBOX_BATCH = 64
 # A message received before the session is served waits for it this long, at most.
@@ -212,6 +217,10 @@ class MqttUplink:
         self._session: _Session | None = None
         self._queue = PublishQueue(store)
         self._poison = PoisonGuard()
+        # The status message can be what the broker drops the connection for (a
+        # message size limit it does not announce): see _status_lost.
+        self._status_losses = 0
+        self._status_form: StatusForm = "full"
         self._status_wanted = asyncio.Event()
         self._acked: list[int] = []  # delivered seqs not yet marked in the store
         self._marking: set[int] = set()  # seqs being marked right now
@@ -708,6 +717,13 @@ class MqttUplink:
             _settle(session.lost, f"internal error: {type(exc).__name__}: {exc}")
 
     def _after_loss(self, session: _Session) -> None:
+        if session.status_mids:
+            # The status was in flight: it may be what the broker dropped the
+            # connection for, so no reading is blamed for this loss. Each connection
+            # sends its status before any reading (_pump), so a reading the broker
+            # drops the connection for is still found: it dies with no status in flight.
+            self._status_lost()
+            return
         held = self._poison.connection_lost(f.seq for f in session.inflight.values())
         if held is not None:
             flight = next(f for f in session.inflight.values() if f.seq == held)
@@ -715,9 +731,35 @@ class MqttUplink:
         elif self._poison.probing:
             log.warning("mqtt: connection keeps dying with the same reading in flight; probing")
 
+    def _status_lost(self) -> None:
+        """The connection died with the status in flight; after a few, send less of it."""
+        self._status_losses += 1
+        if self._status_losses < POISON_LOSSES or self._status_form == "none":
+            return
+        self._status_losses = 0
+        if self._status_form == "full":
+            self._status_form = "short"
+            log.error(
+                "mqtt: the broker drops the connection for the hub's status message;"
+                " sending its short form (no devices, no details) until the hub restarts"
+                " (does the broker limit the message size?)"
+            )
+        else:
+            self._status_form = "none"
+            log.error(
+                "mqtt: the broker drops the connection even for the short status;"
+                " sending no status until the hub restarts (readings still go)"
+            )
+
     async def _pump(self, session: _Session) -> None:
         """Keep the in-flight window full from the store, in seq order."""
         queue = self._queue
+        if self._status_form != "none":
+            # The status goes first on each connection, alone: the backend learns the
+            # hub is online before its readings, and a connection dropped for the
+            # status is told apart from one dropped for a reading (_after_loss).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(session.status_acked.wait(), FIRST_STATUS_WAIT_S)
         while not self._stopping and not session.lost.done():
             window = self._window(session)
             while (
@@ -791,10 +833,10 @@ class MqttUplink:
             return
         self._refused(flight, str(rc))
 
-    @staticmethod
-    def _status_acked(session: _Session, mid: int, rc: ReasonCode) -> bool:
+    def _status_acked(self, session: _Session, mid: int, rc: ReasonCode) -> bool:
         if mid not in session.status_mids:
             return False
+        self._status_losses = 0
         session.status_mids.discard(mid)
         session.status_acked.set()
         if rc.value >= 0x80:
@@ -973,7 +1015,12 @@ class MqttUplink:
                 await asyncio.sleep(STATUS_DEBOUNCE_S)
                 continue
             self._status_wanted.clear()
+            if self._status_form == "none":
+                session.status_acked.set()  # nothing to wait for (_pump)
+                continue
             payload = await self._status_document()
+            if self._status_form == "short":
+                payload = short_status(payload)
             info = session.client.publish(self._status_topic, payload, qos=1, retain=True)
             if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
                 session.status_mids.add(info.mid)

@@ -76,3 +76,14 @@ def offline_status(gateway_id: str, version: str) -> bytes:
     return encode_status(
         {"schema": STATUS_SCHEMA, "gateway": gateway_id, "state": "offline", "version": version}
     )
+
+
+def short_status(full: bytes) -> bytes:
+    """The status with its top-level scalars only (state, counts, ages, clock_ok).
+
+    Sent instead of the full document when a broker drops the connection for the full
+    one (MqttUplink._status_lost): the care team still sees the hub online, its backlog
+    and its clock, without the per-device, BLE, TLS and care-plan details.
+    """
+    doc = json.loads(full)
+    return encode_status({k: v for k, v in doc.items() if not isinstance(v, dict | list)})
