@@ -357,8 +357,12 @@ async def _retained(port: int, topic: str) -> dict[str, Any]:
     got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
     loop = asyncio.get_running_loop()
 
+    def take(payload: bytes) -> None:
+        if not got.done():
+            got.set_result(payload)
+
     def on_message(_c: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
-        loop.call_soon_threadsafe(lambda: got.done() or got.set_result(message.payload))
+        loop.call_soon_threadsafe(take, bytes(message.payload))
 
     client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
     client.on_message = on_message
