@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.errors import GatewayError
+from gateway.uplink.mqtt import variable_byte_integer
 
 _SEARCH_PATH = os.pathsep.join(
     [os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/sbin"]
@@ -206,7 +207,7 @@ class _Sink:
         self._thread.start()
 
     def _send(self, kind: int, body: bytes) -> None:
-        self._sock.sendall(bytes([kind]) + _varint(len(body)) + body)
+        self._sock.sendall(bytes([kind]) + variable_byte_integer(len(body)) + body)
 
     def _expect_acks(self) -> None:
         """Read packets until the SUBACK; a refusal is an error (CONNACK/SUBACK codes)."""
@@ -249,16 +250,6 @@ class _Sink:
 def _utf8(text: bytes) -> bytes:
     """An MQTT UTF-8 string: two length bytes, then the bytes (§1.5.4)."""
     return len(text).to_bytes(2, "big") + text
-
-
-def _varint(value: int) -> bytes:
-    """A Variable Byte Integer (§1.5.5)."""
-    out = bytearray()
-    while True:
-        value, digit = divmod(value, 128)
-        out.append(digit | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
 
 
 def _read_varint(data: bytes, at: int) -> tuple[int, int]:

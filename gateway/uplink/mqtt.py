@@ -1101,7 +1101,7 @@ class _SignedProperties(Properties):
         properties = cls.__new__(cls)
         properties.__dict__.update(template.__dict__)
         properties.__dict__["UserProperty"] = [(SIGNATURE_PROPERTY, jws)]
-        properties.__dict__["_packed"] = _variable_byte_integer(len(body) + len(pair)) + body + pair
+        properties.__dict__["_packed"] = variable_byte_integer(len(body) + len(pair)) + body + pair
         return properties
 
     def pack(self) -> bytes:
@@ -1115,7 +1115,7 @@ _JWS_PAIR_PREFIX = (
 )
 
 
-def _variable_byte_integer(value: int) -> bytes:
+def variable_byte_integer(value: int) -> bytes:
     """MQTT 5 §1.5.5 (a property length is far below its 268,435,455 limit)."""
     out = bytearray()
     while True:
