@@ -14,7 +14,6 @@ Elsewhere than glibc (musl has no `malloc_trim`) it does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 from collections.abc import Callable
 from functools import cache
@@ -29,10 +28,10 @@ TRIM_INTERVAL_S = 300.0
 
 @cache
 def _malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name)
-        trim: Callable[[int], int] = libc.malloc_trim
+        # The process's own symbols, libc's among them: no `find_library`, which runs
+        # ldconfig in a subprocess.
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError, TypeError):
         log.debug("no malloc_trim in this C library; the heap is not trimmed")
         return None

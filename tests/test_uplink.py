@@ -27,6 +27,7 @@ from gateway.events import (
     UplinkUp,
 )
 from gateway.sim.broker import MosquittoBroker
+from gateway.uplink.outbox import HOLD_RETRY_S
 from tests.helpers import load, next_event, running_hub, sim_device, write_config
 
 
@@ -347,6 +348,10 @@ async def test_a_status_the_broker_drops_the_connection_for_gets_short_not_a_rea
         assert "devices" not in status  # the short form: scalars only
         assert len(json.dumps(status)) < 600
         assert "sending its short form" in caplog.text
+        # An hour later the full form is tried again, as a held reading is.
+        assert hub.uplink._status_form_now() == "short"
+        hub.uplink._status_reduced_at -= HOLD_RETRY_S
+        assert hub.uplink._status_form_now() == "full"
     finally:
         hub.stop()
         await asyncio.wait_for(task, 15)

@@ -65,7 +65,7 @@ from gateway.errors import UplinkError
 from gateway.events import EventBus, PublishRefused, ReadingDelivered, UplinkDown, UplinkUp
 from gateway.store import OutboxRow, Store
 from gateway.uplink.inbox import InboundMessage, Inbox
-from gateway.uplink.outbox import POISON_LOSSES, PoisonGuard, PublishQueue
+from gateway.uplink.outbox import HOLD_RETRY_S, POISON_LOSSES, PoisonGuard, PublishQueue
 from gateway.uplink.payload import offline_status, short_status
 from gateway.uplink.render import renderer_for
 
@@ -221,6 +221,7 @@ class MqttUplink:
         # message size limit it does not announce): see _status_lost.
         self._status_losses = 0
         self._status_form: StatusForm = "full"
+        self._status_reduced_at = 0.0  # monotonic; the full form is tried again after an hour
         self._status_wanted = asyncio.Event()
         self._acked: list[int] = []  # delivered seqs not yet marked in the store
         self._marking: set[int] = set()  # seqs being marked right now
@@ -737,24 +738,36 @@ class MqttUplink:
         if self._status_losses < POISON_LOSSES or self._status_form == "none":
             return
         self._status_losses = 0
+        self._status_reduced_at = time.monotonic()
         if self._status_form == "full":
             self._status_form = "short"
             log.error(
                 "mqtt: the broker drops the connection for the hub's status message;"
-                " sending its short form (no devices, no details) until the hub restarts"
+                " sending its short form (no devices, no details) for an hour"
                 " (does the broker limit the message size?)"
             )
         else:
             self._status_form = "none"
             log.error(
                 "mqtt: the broker drops the connection even for the short status;"
-                " sending no status until the hub restarts (readings still go)"
+                " sending no status for an hour (readings still go)"
             )
+
+    def _status_form_now(self) -> StatusForm:
+        """The form to send; the full one again an hour after it was reduced, as a held
+        reading is tried again (the broker's limit may have been raised meanwhile)."""
+        if (
+            self._status_form != "full"
+            and time.monotonic() - self._status_reduced_at >= HOLD_RETRY_S
+        ):
+            self._status_form = "full"
+            log.info("mqtt: trying the full status message again")
+        return self._status_form
 
     async def _pump(self, session: _Session) -> None:
         """Keep the in-flight window full from the store, in seq order."""
         queue = self._queue
-        if self._status_form != "none":
+        if self._status_form_now() != "none":
             # The status goes first on each connection, alone: the backend learns the
             # hub is online before its readings, and a connection dropped for the
             # status is told apart from one dropped for a reading (_after_loss).
@@ -1015,11 +1028,12 @@ class MqttUplink:
                 await asyncio.sleep(STATUS_DEBOUNCE_S)
                 continue
             self._status_wanted.clear()
-            if self._status_form == "none":
+            form = self._status_form_now()
+            if form == "none":
                 session.status_acked.set()  # nothing to wait for (_pump)
                 continue
             payload = await self._status_document()
-            if self._status_form == "short":
+            if form == "short":
                 payload = short_status(payload)
             info = session.client.publish(self._status_topic, payload, qos=1, retain=True)
             if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
